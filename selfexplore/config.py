@@ -10,6 +10,7 @@ that names the key (and the file), which the CLI prints as one line with exit co
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import types
@@ -20,9 +21,7 @@ from typing import Literal
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration the user must fix; the message says what and where."""
+from selfexplore.errors import ConfigError
 
 
 # ----------------------------------------------------------------------------------------------- sections
@@ -217,6 +216,8 @@ class SampleConfig:
     """Most generated tokens per sample."""
     max_rft_per_problem: int = 8
     """Most distinct correct solutions per problem in the RFT set (and outcome pairs per problem)."""
+    max_problems: int = 0
+    """Sample only the first `max_problems` training problems (0 = all): the RFT data budget."""
     seed: int = 0
     """Base seed; each batch derives its own from it, so results do not depend on scheduling."""
 
@@ -314,10 +315,9 @@ def from_dict(cls, data: dict, source: str = "config", prefix: str = ""):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(
-            f"{source}: unknown key `{prefix}{unknown[0]}` (known keys of `{prefix.rstrip('.') or 'top level'}`: "
-            f"{', '.join(sorted(names))})"
-        )
+        close = difflib.get_close_matches(unknown[0], names, n=1)
+        hint = f"did you mean `{prefix}{close[0]}`?" if close else f"known keys: {', '.join(sorted(names))}"
+        raise ConfigError(f"{source}: unknown key `{prefix}{unknown[0]}` ({hint})")
     kwargs = {key: _convert(hints[key], value, source, prefix + key) for key, value in data.items()}
     return cls(**kwargs)
 

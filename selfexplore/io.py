@@ -11,9 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
-
-class DataError(ValueError):
-    """Input data the user must fix; the message names the file and line."""
+from selfexplore.errors import DataError
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -33,6 +31,10 @@ def read_jsonl(path: str | Path) -> list[dict]:
                 raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
             rows.append(row)
     return rows
+
+
+def read_json(path: str | Path):
+    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 def write_jsonl(path: str | Path, rows: list[dict]) -> None:

@@ -1,17 +1,27 @@
 """`eval`: greedy decoding of every trained model on the test set, graded with the task's grader.
 
 Writes `eval/<model>.jsonl` (one row per problem) and `eval/summary.json` (accuracy with a 95% Wilson interval
-per model). `selfexplore eval --endpoint` writes the same two files from any OpenAI-compatible server.
+per model, and per level and subject where the task has them). `selfexplore eval --endpoint` writes the same
+two files from any OpenAI-compatible server.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
+
+from selfexplore.config import EngineConfig, RunConfig
+from selfexplore.engines import SamplingParams
+from selfexplore.io import write_json, write_jsonl
+from selfexplore.rollout import EngineWorker, run_rollout
+from selfexplore.tasks import format_prompt, get_task
+
+GROUP_KEYS = ("level", "subject")
 
 
 def result_row(problem: dict, completion: str, n_tokens: int, finish_reason: str, task) -> dict:
     """The per-problem record shared by in-cluster and HTTP evaluation."""
-    return {
+    row = {
         "id": problem["id"],
         "question": problem["question"],
         "answer": problem["answer"],
@@ -21,6 +31,20 @@ def result_row(problem: dict, completion: str, n_tokens: int, finish_reason: str
         "n_tokens": n_tokens,
         "finish_reason": finish_reason,
     }
+    row.update({key: problem[key] for key in GROUP_KEYS if key in problem})
+    return row
+
+
+class EvalWorker(EngineWorker):
+    def process(self, problems: list[dict]) -> list[dict]:
+        params = SamplingParams(n=1, temperature=0.0, max_tokens=self.settings["max_tokens"])
+        outputs = self.engine.generate([format_prompt(p["question"]) for p in problems], params)
+        return [result_row(p, c.text, c.n_tokens, c.finish_reason, self.task) for p, (c,) in zip(problems, outputs)]
+
+
+def evaluate_model(model_dir: str, problems: list[dict], task_name: str, engine_cfg: EngineConfig, max_tokens: int, shard_dir: Path) -> list[dict]:
+    worker_kwargs = dict(model_dir=model_dir, engine_cfg=engine_cfg, task_name=task_name, max_tokens=max_tokens)
+    return run_rollout(problems, EvalWorker, worker_kwargs, engine_cfg, shard_dir, key="id", what="test problems")
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -32,16 +56,34 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
     return (max(0.0, center - half), min(1.0, center + half))
 
 
-def summarize(results: list[dict]) -> dict:
-    """Accuracy of one model's per-problem results (plus per level/subject when the rows carry them)."""
+def accuracy(results: list[dict]) -> dict:
     n, correct = len(results), sum(r["correct"] for r in results)
     low, high = wilson_interval(correct, n)
-    summary = {"n": n, "correct": correct, "accuracy": correct / n if n else 0.0, "ci95": [low, high]}
-    for key in ("level", "subject"):
+    return {"n": n, "correct": correct, "accuracy": correct / n if n else 0.0, "ci95": [low, high]}
+
+
+def summarize(results: list[dict]) -> dict:
+    """Accuracy of one model's per-problem results, overall and per level / subject when rows carry them."""
+    summary = accuracy(results)
+    for key in GROUP_KEYS:
         groups: dict[str, list[dict]] = {}
         for r in results:
             if key in r:
                 groups.setdefault(str(r[key]), []).append(r)
         if groups:
-            summary[f"by_{key}"] = {g: summarize(rows) for g, rows in sorted(groups.items())}
+            summary[f"by_{key}"] = {name: accuracy(rows) for name, rows in sorted(groups.items())}
+    return summary
+
+
+def run(cfg: RunConfig, run_dir: Path) -> dict:
+    out = run_dir / "eval"
+    problems = get_task(cfg.task.name).load("test", cfg.task)
+    summary = {}
+    for name in cfg.eval.models:
+        model_dir = run_dir / name / "model"
+        print(f"  evaluating {name} on {len(problems)} test problems", flush=True)
+        results = evaluate_model(str(model_dir), problems, cfg.task.name, cfg.engine, cfg.eval.max_tokens, out / "shards" / name)
+        write_jsonl(out / f"{name}.jsonl", results)
+        summary[name] = summarize(results)
+    write_json(out / "summary.json", summary)
     return summary

@@ -1,0 +1,142 @@
+"""Run the stages in order, skip finished ones, write the report.
+
+A stage is finished when `<run>/<stage>/manifest.json` holds the stage's current fingerprint: a hash of the
+config sections that decide its output and of the fingerprints of the stages it reads. Change `dpo.beta` and
+only the DPO stages and `eval` run again; change the task and everything does. A stage that was cut off (no
+manifest) resumes: rollouts from their finished shards, training from the last Ray Train checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from pathlib import Path
+
+import ray
+
+from selfexplore.config import RunConfig, dump_yaml, fingerprint
+from selfexplore.errors import StageError
+from selfexplore.io import atomic_write, read_json, write_json
+from selfexplore.stages import base, dpo, explore, rft, sample, sft
+from selfexplore.stages import eval as eval_stage
+
+# name -> (run function, stages it reads, config sections that decide its output)
+STAGES = {
+    "base": (base.run, (), lambda c: (c.model,)),
+    "sft": (sft.run, ("base",), lambda c: (c.task, c.sft)),
+    "sample": (sample.run, ("sft",), lambda c: (c.task, c.sample)),
+    "rft": (rft.run, ("base", "sample"), lambda c: (c.task, c.rft)),
+    "explore": (explore.run, ("rft", "sample"), lambda c: (c.task, c.explore)),
+    "dpo-outcome": (lambda c, d: dpo.run(c, d, "outcome"), ("rft", "sample"), lambda c: (c.dpo,)),
+    "dpo-step": (lambda c, d: dpo.run(c, d, "step"), ("rft", "explore"), lambda c: (c.dpo,)),
+    "eval": (eval_stage.run, ("sft", "rft", "dpo-outcome", "dpo-step"), lambda c: (c.task, c.eval)),
+}
+
+REPORT_NAMES = {"sft": "SFT", "rft": "RFT", "dpo-outcome": "DPO (outcome pairs)", "dpo-step": "Self-Explore (step pairs)"}
+
+
+def stage_fingerprint(cfg: RunConfig, name: str) -> str:
+    _, needs, sections = STAGES[name]
+    return fingerprint(name, *sections(cfg), *(stage_fingerprint(cfg, need) for need in needs))
+
+
+def read_manifest(run_dir: Path, name: str) -> dict | None:
+    path = run_dir / name / "manifest.json"
+    return read_json(path) if path.is_file() else None
+
+
+def init_ray(cfg: RunConfig) -> None:
+    """Join the Ray job's cluster, the configured address, or start a local Ray in-process."""
+    if ray.is_initialized():
+        return
+    env = {"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}}
+    kwargs = {"num_cpus": cfg.ray.num_cpus} if cfg.ray.num_cpus and not cfg.ray.address else {}
+    ray.init(address=cfg.ray.address or None, runtime_env=env, log_to_driver=True, **kwargs)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # our own progress lines are quieter
+
+
+def run_stage(cfg: RunConfig, name: str) -> dict:
+    """Run one stage unless its manifest is current; return the manifest."""
+    run_dir = cfg.run_dir
+    fp = stage_fingerprint(cfg, name)
+    manifest = read_manifest(run_dir, name)
+    if manifest and manifest["fingerprint"] == fp:
+        print(f"[{name}] up to date ({manifest['wall_s']:.0f}s when it ran), skipping", flush=True)
+        return manifest
+    stage_dir = run_dir / name
+    if manifest:  # finished under another config: its outputs are stale, start over
+        print(f"[{name}] config changed since it ran; running it again", flush=True)
+        shutil.rmtree(stage_dir)
+    run, needs, sections = STAGES[name]
+    for need in needs:
+        upstream = read_manifest(run_dir, need)
+        if not upstream or upstream["fingerprint"] != stage_fingerprint(cfg, need):
+            raise StageError(f"stage {name} needs stage {need} to be finished first: run `selfexplore run` or `selfexplore stage {need}`")
+    print(f"[{name}] running", flush=True)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    metrics = run(cfg, run_dir)
+    manifest = {
+        "stage": name,
+        "fingerprint": fp,
+        "inputs": {need: read_manifest(run_dir, need)["fingerprint"] for need in needs},
+        "config": [dataclasses.asdict(section) for section in sections(cfg)],
+        "metrics": metrics,
+        "wall_s": time.time() - start,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_json(stage_dir / "manifest.json", manifest)
+    print(f"[{name}] done in {manifest['wall_s']:.0f}s", flush=True)
+    return manifest
+
+
+def run_pipeline(cfg: RunConfig, stages: list[str] | None = None) -> str:
+    """Run every stage (or the named ones) and return the report text."""
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(run_dir / "config.yaml", dump_yaml(cfg))
+    init_ray(cfg)
+    start = time.time()
+    for name in stages or STAGES:
+        run_stage(cfg, name)
+    if (run_dir / "eval" / "manifest.json").is_file():
+        report = write_report(cfg, time.time() - start)
+        print(report, flush=True)
+        return report
+    return ""
+
+
+def write_report(cfg: RunConfig, wall_s: float) -> str:
+    run_dir = cfg.run_dir
+    summary = read_json(run_dir / "eval" / "summary.json")
+    walls = {name: m["wall_s"] for name in STAGES if (m := read_manifest(run_dir, name))}
+    lines = [
+        f"# selfexplore run `{cfg.name}`",
+        "",
+        f"Task `{cfg.task.name}`, model `{cfg.model.path or 'tiny (built from scratch)'}`, greedy decoding on the test set.",
+        "",
+        "| model | accuracy | 95% CI | correct / n |",
+        "|---|---|---|---|",
+    ]
+    for name in cfg.eval.models:
+        s = summary[name]
+        lo, hi = s["ci95"]
+        lines.append(f"| {REPORT_NAMES.get(name, name)} | {100 * s['accuracy']:.1f}% | {100 * lo:.1f}–{100 * hi:.1f}% | {s['correct']} / {s['n']} |")
+    sample_stats = read_json(run_dir / "sample" / "stats.json")
+    explore_stats = read_json(run_dir / "explore" / "stats.json")
+    lines += [
+        "",
+        f"Sampling: {sample_stats['sample_accuracy']:.1%} of {sample_stats['samples']} samples correct, "
+        f"pass@{cfg.sample.n} {sample_stats['pass_at_n']:.1%}; {sample_stats['rft_rows']} RFT rows, "
+        f"{sample_stats['outcome_pairs']} outcome pairs.",
+        f"Exploration: {explore_stats['rejected']} rejected solutions, {explore_stats['probes']} probes "
+        f"(k={cfg.explore.k}, {cfg.explore.strategy}), first pits at steps {explore_stats['pit_histogram']}, "
+        f"{explore_stats['step_pairs']} step pairs.",
+        "",
+        "Stage wall times: " + ", ".join(f"{n} {w:.0f}s" for n, w in walls.items()) + f" (this invocation {wall_s:.0f}s).",
+        "",
+    ]
+    report = "\n".join(lines)
+    atomic_write(run_dir / "report.md", report)
+    return report

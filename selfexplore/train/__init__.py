@@ -1,0 +1,50 @@
+"""Training shared by the sft, rft and dpo stages: Ray Train + TRL + DeepSpeed.
+
+    metrics = train_sft(rows, init_model_dir, out_dir, cfg.sft, storage_dir)
+    metrics = train_dpo(pairs, init_model_dir, ref_model_dir, out_dir, cfg.dpo, storage_dir)
+
+Both need a running Ray session, tokenise on the driver (`data.py`), train on `cfg.num_workers` Ray Train workers
+(`worker.py`, launched by `launch.py`) and write a plain HF model directory (safetensors + tokenizer) to
+`out_dir`, atomically. The metrics: train_loss (mean over the run), first_loss and final_loss (first and last
+logged), steps, steps_per_s, train_runtime_s, examples, dropped_too_long, wall_s (the whole call); for DPO also
+the last logged rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins and dropped_empty.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import AutoTokenizer
+
+from selfexplore.config import DPOConfig, TrainConfig
+from selfexplore.train.data import tokenize_dpo, tokenize_sft
+from selfexplore.train.launch import fit
+
+__all__ = ["train_dpo", "train_sft"]
+
+
+def train_sft(
+    rows: list[dict], init_model_dir: str, out_dir: str | Path, cfg: TrainConfig, storage_dir: str | Path
+) -> dict:
+    """Fine-tune on `{prompt, completion}` rows; the loss covers the completion and its EOS only."""
+    data = tokenize_sft(rows, AutoTokenizer.from_pretrained(init_model_dir), cfg.max_length)
+    return fit("sft", data, cfg, init_model_dir, out_dir, storage_dir)
+
+
+def train_dpo(
+    rows: list[dict],
+    init_model_dir: str,
+    ref_model_dir: str,
+    out_dir: str | Path,
+    cfg: DPOConfig,
+    storage_dir: str | Path,
+) -> dict:
+    """Sigmoid DPO (beta `cfg.beta`) on `{prompt, chosen, rejected, kind}` pairs against the frozen `ref_model_dir`.
+
+    Chosen responses end with EOS; rejected ones only for `kind == "outcome"` (a step pair's rejected is a partial
+    solution, see `data.rejected_gets_eos`).
+    """
+    data = tokenize_dpo(rows, AutoTokenizer.from_pretrained(init_model_dir), cfg.max_length, cfg.max_prompt_length)
+    metrics = fit("dpo", data, cfg, init_model_dir, out_dir, storage_dir, ref_model_dir=ref_model_dir)
+    metrics["dropped_empty"] = data.dropped_empty
+    return metrics

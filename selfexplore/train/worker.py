@@ -1,0 +1,191 @@
+"""What every Ray Train worker runs: a TRL trainer under DeepSpeed, reporting checkpoints to Ray Train.
+
+The worker gets pre-tokenised examples (see `data.py`) through the object store, trains with TRL's `SFTTrainer`
+or `DPOTrainer`, and finishes by reporting one last Ray Train checkpoint holding the final HF model directory
+(`model/`, gathered from all ranks under ZeRO-3) and `metrics.json`. The driver copies that model out.
+Periodic checkpoints (`save_steps`) are full HF/DeepSpeed checkpoints reported by `RayTrainReportCallback`;
+a worker restarted after a failure resumes from the latest one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import nullcontext
+from pathlib import Path
+
+import deepspeed
+import ray.train
+import torch
+from datasets import Dataset
+from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
+from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
+from trl import DPOConfig as TRLDPOConfig
+from trl import DPOTrainer
+from trl import SFTConfig as TRLSFTConfig
+from trl import SFTTrainer
+
+from selfexplore.config import DPOConfig, TrainConfig
+from selfexplore.train.ds_config import deepspeed_config
+
+MODEL_DIR = "model"
+"""Subdirectory of the final Ray Train checkpoint that holds the HF model."""
+METRICS_FILE = "metrics.json"
+"""File of the final Ray Train checkpoint that holds the worker-side metrics."""
+DPO_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins")
+
+
+class PretokenizedDPOTrainer(DPOTrainer):
+    """A `DPOTrainer` fed rows already tokenised by `data.tokenize_dpo`.
+
+    TRL's own preparation appends EOS to every rejected response; Self-Explore's step pairs must not have it.
+    """
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        return dataset
+
+
+class ProgressCallback(TrainerCallback):
+    """Prints one line per log on rank 0 (Ray shows worker stdout on the driver), and logs the last step too,
+    so the final loss and DPO rewards are always in the log history."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_log = True
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs or "loss" not in logs:
+            return
+        extra = "".join(f" {key.split('/')[1]} {logs[key]:.3f}" for key in DPO_METRICS[2:] if key in logs)
+        print(
+            f"[{self.kind}] step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f} "
+            f"lr {logs.get('learning_rate', 0.0):.2e}{extra}",
+            flush=True,
+        )
+
+
+def train_loop(config: dict) -> None:
+    """`train_loop_per_worker` of the `TorchTrainer`; `config` is built by `launch.fit`."""
+    cfg: TrainConfig = config["cfg"]
+    # Ray Train workers would otherwise start one thread per core each and oversubscribe the machine.
+    threads = max(1, int(cfg.cpus_per_worker))
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+    # Without this DeepSpeed compiles its shared-memory CPU collective (~75 s) on first use; gloo does the job.
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+    restored = ray.train.get_checkpoint()
+    with restored.as_directory() if restored else nullcontext() as restored_dir:
+        if restored_dir and (Path(restored_dir) / MODEL_DIR).is_dir():
+            return  # a restart after the final model was reported: nothing left to do
+        resume = str(Path(restored_dir) / RayTrainReportCallback.CHECKPOINT_NAME) if restored_dir else None
+        with tempfile.TemporaryDirectory(prefix="selfexplore-train-") as work:
+            trainer = _build_trainer(config, output_dir=work)
+            result = trainer.train(resume_from_checkpoint=resume)
+            metrics = _metrics(trainer, result)
+            _report_final(trainer, metrics, work)
+
+
+def _build_trainer(config: dict, output_dir: str):
+    cfg: TrainConfig = config["cfg"]
+    kind = config["kind"]
+    dataset = Dataset.from_dict(ray.get(config["examples"]))
+    tokenizer = AutoTokenizer.from_pretrained(config["init_model_dir"])
+    # The arguments come first: under ZeRO-3 they make `from_pretrained` load the weights already sharded.
+    args = _trl_args(kind, cfg, output_dir)
+    model = AutoModelForCausalLM.from_pretrained(config["init_model_dir"], dtype=torch.float32)
+    callbacks = [ProgressCallback(kind), RayTrainReportCallback()]
+    if kind == "sft":
+        trainer = SFTTrainer(
+            model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks
+        )
+    else:
+        ref_model = AutoModelForCausalLM.from_pretrained(config["ref_model_dir"], dtype=torch.float32)
+        trainer = PretokenizedDPOTrainer(
+            model=model,
+            ref_model=ref_model,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=callbacks,
+        )
+    trainer.remove_callback(PrinterCallback)  # prints every log dict; ProgressCallback prints one line instead
+    return prepare_trainer(trainer)
+
+
+def _trl_args(kind: str, cfg: TrainConfig, output_dir: str) -> TRLSFTConfig | TRLDPOConfig:
+    world = ray.train.get_context().get_world_size()
+    per_device, accumulation = batch_split(cfg, world)
+    common = dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=accumulation,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        # transformers reads a float below 1 as a fraction of the steps.
+        warmup_steps=cfg.warmup_steps if cfg.warmup_steps > 0 else cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps" if cfg.save_steps > 0 else "no",
+        save_steps=cfg.save_steps if cfg.save_steps > 0 else 500,
+        save_total_limit=1,  # every checkpoint is copied to Ray Train storage; keep one local copy
+        seed=cfg.seed,
+        use_cpu=not cfg.use_gpu,
+        bf16=cfg.bf16 and cfg.use_gpu,  # on CPU, bf16 is DeepSpeed's torch autocast (see ds_config)
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        deepspeed=deepspeed_config(cfg),
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        eval_strategy="no",
+    )
+    if kind == "sft":
+        # Examples arrive tokenised with labels and within max_length, so TRL has nothing left to prepare.
+        return TRLSFTConfig(**common, max_length=None, dataset_kwargs={"skip_prepare_dataset": True})
+    assert isinstance(cfg, DPOConfig)
+    return TRLDPOConfig(**common, beta=cfg.beta, loss_type=[cfg.loss_type], max_length=cfg.max_length)
+
+
+def batch_split(cfg: TrainConfig, world_size: int) -> tuple[int, int]:
+    """(per-worker batch, gradient accumulation steps) that make up the global `batch_size`."""
+    per_device = cfg.per_device_batch_size or cfg.batch_size // world_size
+    if per_device < 1 or cfg.batch_size % (per_device * world_size):
+        raise ValueError(
+            f"batch_size {cfg.batch_size} must be a multiple of per_device_batch_size "
+            f"({cfg.per_device_batch_size or 'batch_size / num_workers'}) x num_workers ({world_size})"
+        )
+    return per_device, cfg.batch_size // (per_device * world_size)
+
+
+def _metrics(trainer, result) -> dict:
+    logs = [log for log in trainer.state.log_history if "loss" in log]
+    metrics = {
+        "train_loss": result.training_loss,
+        "first_loss": logs[0]["loss"] if logs else None,
+        "final_loss": logs[-1]["loss"] if logs else None,
+        "steps": trainer.state.global_step,
+        "train_runtime_s": result.metrics.get("train_runtime"),
+        "steps_per_s": result.metrics.get("train_steps_per_second"),
+    }
+    for key in DPO_METRICS:
+        if logs and key in logs[-1]:
+            metrics[key] = logs[-1][key]
+    return metrics
+
+
+def _report_final(trainer, metrics: dict, work: str) -> None:
+    """Save the trained model (all ranks take part: ZeRO-3 gathers) and report it from rank 0."""
+    export = Path(work) / "export"
+    trainer.save_model(str(export / MODEL_DIR))
+    rank0 = ray.train.get_context().get_world_rank() == 0
+    if rank0:
+        (export / METRICS_FILE).write_text(json.dumps(metrics))
+    checkpoint = ray.train.Checkpoint.from_directory(str(export)) if rank0 else None
+    ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"final_{trainer.state.global_step:08d}")

@@ -1,0 +1,163 @@
+"""What the serving application needs to know: which model, how to scale it, which limits to enforce.
+
+`ServeSettings` is built by `selfexplore serve` from its flags, or by `serve run serving/config.yaml` from the
+application's `args` (checked key by key like every run config: an unknown key or a wrong type is an error that
+names it).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from selfexplore.config import ConfigError, EngineConfig, load_config
+from selfexplore.tasks import TASKS
+
+API_KEY_ENV = "SELFEXPLORE_API_KEY"
+# A run directory serves its best model: Self-Explore (dpo-step) first, then the baselines it improves on.
+STAGES_BEST_FIRST = ("dpo-step", "dpo-outcome", "rft", "sft")
+
+
+@dataclass
+class Limits:
+    """Per-request limits; a request over one gets a 4xx naming the limit."""
+
+    max_prompt_tokens: int = 2048
+    """Longest prompt, in the model's tokens."""
+    max_tokens: int = 2048
+    """Largest `max_tokens` a request may ask for."""
+    default_max_tokens: int = 512
+    """`max_tokens` of a request that does not set it."""
+    max_n: int = 16
+    """Most completions per prompt (`n`)."""
+    max_prompts: int = 32
+    """Most prompts in one `/v1/completions` request (`prompt` may be a list)."""
+    max_stop: int = 4
+    """Most stop strings (OpenAI's limit)."""
+    max_body_bytes: int = 1_048_576
+    """Largest request body; larger bodies get 413."""
+
+
+@dataclass
+class Batching:
+    """How the engine deployment groups concurrent requests into one engine call (Ray Serve `@serve.batch`)."""
+
+    max_batch_size: int = 32
+    """Most requests per engine call; 1 turns batching off."""
+    batch_wait_timeout_s: float = 0.01
+    """How long a batch waits to fill up before it runs anyway."""
+
+
+@dataclass
+class Scaling:
+    """Replicas and resources of the two deployments."""
+
+    min_replicas: int = 1
+    """Engine replicas kept running."""
+    max_replicas: int = 1
+    """Engine replicas at most; above `min_replicas`, Serve autoscales between the two."""
+    target_ongoing_requests: float = 32.0
+    """Autoscaling target: requests in flight per engine replica."""
+    max_ongoing_requests: int = 64
+    """Requests one engine replica accepts at once (must be >= max_batch_size for batches to fill)."""
+    engine_cpus: float = 1.0
+    """CPUs reserved per engine replica; also its torch thread count (at least 1)."""
+    ingress_replicas: int = 1
+    """HTTP ingress replicas (light: parse, validate, forward)."""
+    ingress_cpus: float = 0.25
+    """CPUs reserved per ingress replica."""
+
+
+@dataclass
+class ServeSettings:
+    """The whole serving application."""
+
+    model: str = ""
+    """HF model directory, or a run directory (serves its best model: dpo-step, dpo-outcome, rft, sft)."""
+    model_name: str = ""
+    """Model id in the API (`/v1/models`, `model` field). Empty: `<run>-<stage>` or the directory name."""
+    task: str = ""
+    """Default task of `/v1/solve` (arith, gsm8k, math). Empty: the run's task, if the model comes from a run."""
+    api_key: str = ""
+    """Required as `Authorization: Bearer ...`. Empty: $SELFEXPLORE_API_KEY; if that is empty too, no key is
+    required and only loopback clients are answered."""
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    """Generation backend (`hf` on CPU, `vllm` on GPUs); `engine.num_gpus` is GPUs per engine replica."""
+    batching: Batching = field(default_factory=Batching)
+    scaling: Scaling = field(default_factory=Scaling)
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass
+class ResolvedModel:
+    model_dir: str
+    name: str
+    task: str
+    """The run's task, or empty when the model dir is not part of a run."""
+
+
+def resolve_model(path: str | Path) -> ResolvedModel:
+    """Find the HF model directory to serve under `path` (a model dir or a run dir), its API name and task."""
+    path = Path(path)
+    if (path / "config.json").is_file():
+        model_dir = path
+    else:
+        candidates = [path / stage / "model" for stage in STAGES_BEST_FIRST]
+        model_dir = next((c for c in candidates if (c / "config.json").is_file()), None)
+        if model_dir is None:
+            raise ConfigError(
+                f"{path}: neither an HF model directory (no config.json) nor a run directory with a trained model "
+                f"(looked for {', '.join(f'{s}/model' for s in STAGES_BEST_FIRST)})"
+            )
+    # A model inside a run (`runs/NAME/STAGE/model`) is named after the run and stage and knows its task.
+    run_dir = model_dir.parent.parent
+    in_run = model_dir.name == "model" and model_dir.parent.name in STAGES_BEST_FIRST
+    task = ""
+    if in_run and (run_dir / "config.yaml").is_file():
+        task = load_config(run_dir / "config.yaml").task.name
+    name = f"{run_dir.resolve().name}-{model_dir.parent.name}" if in_run else model_dir.resolve().name
+    return ResolvedModel(model_dir=str(model_dir.resolve()), name=name, task=task)
+
+
+def resolve_api_key(api_key: str) -> str:
+    return api_key or os.environ.get(API_KEY_ENV, "")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve to anything
+
+
+def check_listen(host: str, api_key: str) -> None:
+    """Refuse to listen beyond loopback without an API key."""
+    if not api_key and not is_loopback(host):
+        raise ConfigError(
+            f"refusing to listen on {host} without an API key: anyone who can reach it could use the model. "
+            f"Pass --api-key or set ${API_KEY_ENV}, or listen on 127.0.0.1"
+        )
+
+
+def check_settings(settings: ServeSettings) -> None:
+    """Catch settings that would start a server that cannot work, before anything starts."""
+    limits, scaling, batching = settings.limits, settings.scaling, settings.batching
+    if settings.task and settings.task not in TASKS:
+        raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {settings.task!r}")
+    if not 1 <= limits.default_max_tokens <= limits.max_tokens:
+        raise ConfigError("limits.default_max_tokens must be between 1 and limits.max_tokens")
+    if min(limits.max_prompt_tokens, limits.max_n, limits.max_prompts, limits.max_body_bytes) < 1:
+        raise ConfigError("limits must be positive")
+    if batching.max_batch_size < 1 or batching.batch_wait_timeout_s < 0:
+        raise ConfigError("batching.max_batch_size must be >= 1 and batching.batch_wait_timeout_s >= 0")
+    if not 1 <= scaling.min_replicas <= scaling.max_replicas:
+        raise ConfigError("scaling needs 1 <= min_replicas <= max_replicas")
+    if scaling.max_ongoing_requests < batching.max_batch_size:
+        raise ConfigError(
+            f"scaling.max_ongoing_requests ({scaling.max_ongoing_requests}) must be >= batching.max_batch_size "
+            f"({batching.max_batch_size}), or batches can never fill"
+        )
