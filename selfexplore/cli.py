@@ -54,11 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--run", help="a run directory: print its accuracy table")
     evaluate.add_argument("--endpoint", help="base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000")
     evaluate.add_argument("--task", choices=["arith", "gsm8k", "math"], help="task of the test set (with --endpoint)")
-    evaluate.add_argument("--data", help="test set: a JSON Lines file (with --endpoint)")
+    evaluate.add_argument("--data", help="test set: a JSON Lines file or a run config YAML (with --endpoint)")
     evaluate.add_argument("--model", help="model name to send (default: the server's first)")
     evaluate.add_argument("--out", default="eval-http", help="directory for per-problem results and summary.json")
     evaluate.add_argument("--concurrency", type=int, default=8, help="requests in flight")
-    evaluate.add_argument("--max-tokens", type=int, default=512)
+    evaluate.add_argument("--max-tokens", type=int, default=512, help="generation budget; match the run's eval.max_tokens (the tiny model: 80)")
     evaluate.add_argument("--api-key", help="bearer token (or SELFEXPLORE_API_KEY)")
     evaluate.add_argument("--limit", type=int, default=0, help="evaluate only the first N problems")
     evaluate.set_defaults(func=cmd_eval)
@@ -92,11 +92,9 @@ def cmd_run(args) -> int:
 
 
 def cmd_stage(args) -> int:
-    from selfexplore.pipeline import init_ray, run_stage
+    from selfexplore.pipeline import run_stage
 
-    cfg = load_config(args.config, args.overrides)
-    init_ray(cfg)
-    run_stage(cfg, args.name)
+    run_stage(load_config(args.config, args.overrides), args.name)
     return 0
 
 

@@ -9,6 +9,7 @@ manifest) resumes: rollouts from their finished shards, training from the last R
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from selfexplore.errors import StageError
 from selfexplore.io import atomic_write, read_json, write_json
 from selfexplore.stages import base, dpo, explore, rft, sample, sft
 from selfexplore.stages import eval as eval_stage
+from selfexplore.tasks import get_task
 
 # name -> (run function, stages it reads, config sections that decide its output)
 STAGES = {
@@ -47,12 +49,16 @@ def read_manifest(run_dir: Path, name: str) -> dict | None:
 
 
 def init_ray(cfg: RunConfig) -> None:
-    """Join the Ray job's cluster, the configured address, or start a local Ray in-process."""
+    """Join the configured cluster or the Ray job's, else start a local Ray in-process."""
     if ray.is_initialized():
         return
-    env = {"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}}
-    kwargs = {"num_cpus": cfg.ray.num_cpus} if cfg.ray.num_cpus and not cfg.ray.address else {}
-    ray.init(address=cfg.ray.address or None, runtime_env=env, log_to_driver=True, **kwargs)
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)  # a job's or cluster's runtime env applies (it sets OMP_NUM_THREADS itself)
+    else:
+        # "local": never join a cluster some earlier `ray start` left running on this machine.
+        env = {"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}}
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus or None, runtime_env=env)
     ray.data.DataContext.get_current().enable_progress_bars = False  # our own progress lines are quieter
 
 
@@ -74,6 +80,7 @@ def run_stage(cfg: RunConfig, name: str) -> dict:
         if not upstream or upstream["fingerprint"] != stage_fingerprint(cfg, need):
             raise StageError(f"stage {name} needs stage {need} to be finished first: run `selfexplore run` or `selfexplore stage {need}`")
     print(f"[{name}] running", flush=True)
+    init_ray(cfg)
     stage_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
     metrics = run(cfg, run_dir)
@@ -91,12 +98,21 @@ def run_stage(cfg: RunConfig, name: str) -> dict:
     return manifest
 
 
+def check_inputs(cfg: RunConfig) -> None:
+    """Fail on bad data or a missing model now, before any stage runs, not an hour into the run."""
+    task = get_task(cfg.task.name)
+    for split in ("train", "test"):
+        task.load(split, cfg.task)
+    if cfg.model.path:
+        base.check_model_path(cfg.model.path)
+
+
 def run_pipeline(cfg: RunConfig, stages: list[str] | None = None) -> str:
     """Run every stage (or the named ones) and return the report text."""
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
+    check_inputs(cfg)
     atomic_write(run_dir / "config.yaml", dump_yaml(cfg))
-    init_ray(cfg)
     start = time.time()
     for name in stages or STAGES:
         run_stage(cfg, name)

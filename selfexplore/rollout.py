@@ -35,12 +35,14 @@ class EngineWorker(abc.ABC):
 
     def __init__(self, model_dir: str, engine_cfg: EngineConfig, task_name: str, **settings):
         import torch
+        import transformers
 
         from selfexplore.engines import load_engine
         from selfexplore.tasks import get_task
 
         # Two cores are easily oversubscribed: one thread per engine actor (DESIGN.md, environment facts).
         torch.set_num_threads(1)
+        transformers.logging.disable_progress_bar()  # one "Loading weights" bar per actor is noise
         self.engine = load_engine(model_dir, engine_cfg)
         self.task = get_task(task_name)
         self.settings = settings

@@ -21,10 +21,8 @@ EXCLUDES = [".venv", "runs", ".git", "__pycache__", "*.egg-info", ".pytest_cache
 def submit_pipeline(config_path: str, overrides: list[str], cfg: RunConfig, address: str, wait: bool = True, python: str = "python") -> int:
     client = JobSubmissionClient(address)
     entrypoint = " ".join([python, "-m", "jobs.pipeline", "--config", shlex.quote(config_path), *map(shlex.quote, overrides)])
-    job_id = client.submit_job(
-        entrypoint=entrypoint,
-        runtime_env={"working_dir": ".", "excludes": EXCLUDES, "env_vars": {"OMP_NUM_THREADS": "1"}},
-    )
+    runtime_env = {"working_dir": ".", "excludes": EXCLUDES, "env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}}
+    job_id = submit_with_retry(client, entrypoint, runtime_env)
     print(f"submitted job {job_id} to {address} (run `{cfg.name}`, output under {cfg.output_dir})", flush=True)
     if not wait:
         return 0
@@ -32,6 +30,18 @@ def submit_pipeline(config_path: str, overrides: list[str], cfg: RunConfig, addr
     status = wait_for_job(client, job_id)
     print(f"job {job_id}: {status}", flush=True)
     return 0 if status == JobStatus.SUCCEEDED else 1
+
+
+def submit_with_retry(client: JobSubmissionClient, entrypoint: str, runtime_env: dict, patience_s: float = 120) -> str:
+    """Submit, retrying while the head's job agent is still starting (a fresh cluster answers 500 for a while)."""
+    deadline = time.time() + patience_s
+    while True:
+        try:
+            return client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.time() > deadline:
+                raise
+            time.sleep(2)
 
 
 async def _print_logs(client: JobSubmissionClient, job_id: str) -> None:

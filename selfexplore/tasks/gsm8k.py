@@ -1,43 +1,84 @@
 """`gsm8k`: grade-school math word problems; solutions one step per line, last line `The answer is N`.
 
-First version (issue 2): answer extraction and numeric grading shared with `arith`, and line-based steps.
+Rows come as Self-Explore files (`query`/`response`) or the original GSM8K (`question`/`answer`); either way the
+solution's last line `#### N` becomes `The answer is N` (the paper's format). Answers are numbers, compared exactly
+after normalisation; the `<<48/2=24>>` calculator annotations stay in the text and are never evaluated. `arith`
+shares this module's extraction, grading and step splitting.
 """
 
 from __future__ import annotations
 
 import re
+from decimal import Decimal, InvalidOperation
 
-_ANSWER = re.compile(r"(?:The answer is|####)\s*:?\s*\$?\s*(-?[0-9][0-9,]*(?:\.[0-9]+)?|-?\.[0-9]+)")
+from selfexplore.config import TaskConfig
+from selfexplore.errors import DataError
+from selfexplore.tasks.sources import build_problems, problem_id, read_rows, text_field
+
+_LINE_START = re.compile(r"^[^\S\n]*\S", re.MULTILINE)  # start of a line with something on it
+_TAG = re.compile(r"the answer is|####", re.IGNORECASE)
+# What may stand between the tag and the number: `:`, `$` / `\$`, markdown bold, a sign on either side of `$`.
+_NUMBER = re.compile(
+    r"[\s:*]*(?P<sign>[-−]?)[\s$\\]*"
+    r"(?P<digits>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
+)
 
 
 def split_steps(solution: str) -> list[tuple[int, int]]:
-    """One step per line, each span including its newline; blank lines join the step before them."""
-    spans, start = [], 0
-    for i, ch in enumerate(solution):
-        if ch == "\n" and solution[start:i].strip():
-            spans.append((start, i + 1))
-            start = i + 1
-    if solution[start:].strip() or not spans:
-        spans.append((start, len(solution)))
-    else:
-        spans[-1] = (spans[-1][0], len(solution))
-    return spans
+    """One step per non-blank line, each span including its newline and any blank lines after it."""
+    starts = [m.start() for m in _LINE_START.finditer(solution)]
+    bounds = [0, *starts[1:], len(solution)]
+    return list(zip(bounds, bounds[1:]))
 
 
-def normalize_number(text: str) -> str | None:
-    text = text.replace(",", "").rstrip(".")
-    try:
-        value = float(text)
-    except ValueError:
+def parse_number(text: str) -> str | None:
+    """The number at the start of `text` in canonical form (`1,000.50` -> `1000.5`, `$-5` -> `-5`), or None.
+
+    Anything after the number (units, `%`, a full stop) is ignored: `50%` is 50, as GSM8K's gold answers
+    for percentage questions are the bare number.
+    """
+    match = _NUMBER.match(text)
+    if not match:
         return None
-    return str(int(value)) if value == int(value) else repr(value)
+    try:
+        value = Decimal(match["digits"].replace(",", ""))
+    except InvalidOperation:
+        return None
+    if match["sign"]:
+        value = -value
+    if value == value.to_integral_value():
+        return str(int(value))
+    return format(value.normalize(), "f")
 
 
 def extract_answer(text: str) -> str | None:
-    matches = _ANSWER.findall(text)
-    return normalize_number(matches[-1]) if matches else None
+    """The number right after the last `The answer is` (any case) or `####`; None when there is none."""
+    last = None
+    for last in _TAG.finditer(text):
+        pass
+    return parse_number(text[last.end() :]) if last else None
 
 
 def grade(completion: str, gold: str) -> bool:
+    """Numeric equality of the completion's final answer and the gold answer (a bare number such as `1,000`)."""
     pred = extract_answer(completion)
-    return pred is not None and pred == normalize_number(gold)
+    return pred is not None and pred == parse_number(gold)
+
+
+def load(split: str, cfg: TaskConfig) -> list[dict]:
+    """Problems `{id, question, solution, answer}` of `split` from `cfg.train_path` / `cfg.test_path`."""
+    rows = read_rows(cfg, split)
+    return build_problems(rows, lambda row, index: _problem(row, index, split), cfg)
+
+
+def _problem(row: dict, index: int, split: str) -> dict:
+    question = text_field(row, ("query", "question")).strip()
+    response = text_field(row, ("response", "answer"))
+    tag = response.rfind("####")
+    answer = parse_number(response[tag + 4 :]) if tag >= 0 else None
+    if answer is None:
+        raise DataError(f"the solution must end with a line `#### <number>`, got {response[-60:]!r}")
+    # The paper's SFT target: the `####` tag becomes `The answer is`, everything else stays as written.
+    solution = (response[:tag] + "The answer is " + response[tag + 4 :].lstrip()).strip()
+    return {"id": problem_id(row, index, f"gsm8k-{split}"), "question": question, "solution": solution,
+            "answer": answer}

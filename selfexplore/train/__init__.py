@@ -5,9 +5,11 @@
 
 Both need a running Ray session, tokenise on the driver (`data.py`), train on `cfg.num_workers` Ray Train workers
 (`worker.py`, launched by `launch.py`) and write a plain HF model directory (safetensors + tokenizer) to
-`out_dir`, atomically. The metrics: train_loss (mean over the run), first_loss and final_loss (first and last
-logged), steps, steps_per_s, train_runtime_s, examples, dropped_too_long, wall_s (the whole call); for DPO also
-the last logged rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins and dropped_empty.
+`out_dir`, atomically (in bf16 when `cfg.bf16`, else fp32). The metrics: train_loss (mean over the run),
+first_loss and final_loss (first and last logged), steps, train_runtime_s and steps_per_s (the Trainer's, from
+the start of `train()`), examples, dropped_too_long, wall_s (from launching Ray Train to the model in `out_dir`);
+for DPO also the last logged rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins, and
+dropped_empty (pairs with an empty rejected).
 """
 
 from __future__ import annotations

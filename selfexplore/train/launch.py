@@ -1,16 +1,20 @@
 """Driver side: run the worker loop with a Ray Train `TorchTrainer` and copy the trained model out.
 
 Assumes a running Ray session (the caller has called `ray.init`). `storage_dir` holds Ray Train's checkpoints
-(a path every node can reach on a cluster: NFS, or a URI such as `s3://...`).
+while a run trains (a path every node can reach on a cluster: NFS, or a URI such as `s3://...`); a run's
+directory there is deleted once its model is out, and a run cut off before that resumes when called again with
+the same inputs (see `run_name`). A local `init_model_dir` must be reachable by every node too.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import shutil
 import time
-import uuid
+from array import array
 from pathlib import Path
 
 import ray
@@ -19,7 +23,6 @@ from ray.train.torch import TorchTrainer
 
 from selfexplore.config import TrainConfig
 from selfexplore.train.data import Tokenized
-from selfexplore.train.worker import METRICS_FILE, MODEL_DIR, train_loop
 
 
 def fit(
@@ -32,10 +35,14 @@ def fit(
     ref_model_dir: str | None = None,
 ) -> dict:
     """Train with `cfg` on `data`, write the model to `out_dir` and return the metrics."""
+    # Imported here, not at the top: TRL and DeepSpeed take seconds to import, and every CLI command that merely
+    # imports the stages would pay for them.
+    from selfexplore.train.worker import METRICS_FILE, MODEL_DIR, train_loop
+
     if data.num_examples == 0:
         raise ValueError(
-            f"{kind}: no examples left to train on ({data.dropped_too_long} longer than the length limits; "
-            "raise max_length or shorten the data)"
+            f"{kind}: no examples left to train on: {data.dropped_too_long} longer than the length limits "
+            f"(raise max_length / max_prompt_length), {data.dropped_empty} with an empty rejected response"
         )
     start = time.monotonic()
     trainer = TorchTrainer(
@@ -45,14 +52,14 @@ def fit(
             "cfg": cfg,
             # Through the object store: the examples can be large and every worker reads the same copy.
             "examples": ray.put(data.examples),
-            "init_model_dir": str(Path(init_model_dir).resolve()),
-            "ref_model_dir": str(Path(ref_model_dir).resolve()) if ref_model_dir else None,
+            "init_model_dir": _absolute(init_model_dir),
+            "ref_model_dir": _absolute(ref_model_dir) if ref_model_dir else None,
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
         ),
         run_config=RunConfig(
-            name=f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}",
+            name=run_name(kind, cfg, data, [init_model_dir, ref_model_dir]),
             storage_path=_storage_path(storage_dir),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             # The latest training checkpoint (to resume from) and the final model.
@@ -60,15 +67,49 @@ def fit(
         ),
     )
     result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"{kind}: training ended without reporting a model; see the worker logs above")
     with result.checkpoint.as_directory() as final:
         metrics = json.loads((Path(final) / METRICS_FILE).read_text())
         copy_dir_atomic(Path(final) / MODEL_DIR, Path(out_dir))
+    # What is left in storage only serves to resume this run, which is over; at scale it is the optimizer state.
+    result.filesystem.delete_dir(result.path)
     metrics.update(
         examples=data.num_examples,
         dropped_too_long=data.dropped_too_long,
         wall_s=round(time.monotonic() - start, 2),
     )
     return metrics
+
+
+def run_name(kind: str, cfg: TrainConfig, data: Tokenized, models: list[str | None]) -> str:
+    """The Ray Train run name: a digest of everything the run depends on.
+
+    Same inputs, same name, and Ray Train then restores a run that was cut off (driver crash, job killed) from its
+    last checkpoint rather than starting over; a change in config, data or model files names a new run.
+    """
+    digest = hashlib.sha256()
+    identities = [_model_identity(m) for m in models if m]
+    digest.update(json.dumps([kind, dataclasses.asdict(cfg), identities], sort_keys=True).encode())
+    for column, sequences in sorted(data.examples.items()):
+        digest.update(column.encode())
+        for ids in sequences:
+            digest.update(len(ids).to_bytes(4, "little") + array("q", ids).tobytes())
+    return f"{kind}-{digest.hexdigest()[:16]}"
+
+
+def _model_identity(model: str) -> list:
+    """A local model directory by its files' names, sizes and modification times; a hub name by itself."""
+    path = Path(model)
+    if not path.is_dir():
+        return [model]
+    return [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(path.iterdir()) if f.is_file()]
+
+
+def _absolute(model: str) -> str:
+    """A local model directory as an absolute path (workers do not share the driver's working directory);
+    anything else, such as a hub name, as given."""
+    return str(Path(model).resolve()) if Path(model).exists() else model
 
 
 def _storage_path(storage_dir: str | Path) -> str:

@@ -10,8 +10,11 @@ a worker restarted after a failure resumes from the latest one.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
+import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -19,8 +22,11 @@ import deepspeed
 import ray.train
 import torch
 from datasets import Dataset
+from datasets.fingerprint import generate_random_fingerprint
+from datasets.table import InMemoryTable
 from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
 from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
+from transformers.trainer import TRAINING_ARGS_NAME
 from trl import DPOConfig as TRLDPOConfig
 from trl import DPOTrainer
 from trl import SFTConfig as TRLSFTConfig
@@ -35,6 +41,8 @@ METRICS_FILE = "metrics.json"
 """File of the final Ray Train checkpoint that holds the worker-side metrics."""
 DPO_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins")
 
+logger = logging.getLogger(__name__)
+
 
 class PretokenizedDPOTrainer(DPOTrainer):
     """A `DPOTrainer` fed rows already tokenised by `data.tokenize_dpo`.
@@ -47,11 +55,13 @@ class PretokenizedDPOTrainer(DPOTrainer):
 
 
 class ProgressCallback(TrainerCallback):
-    """Prints one line per log on rank 0 (Ray shows worker stdout on the driver), and logs the last step too,
-    so the final loss and DPO rewards are always in the log history."""
+    """Logs one line per log on rank 0, and logs the last step too, so that the final loss and DPO rewards are
+    always in the log history. Through `logging`, not `print`: Ray Train shows worker logs on the driver, and
+    its print patch would show every printed line twice."""
 
     def __init__(self, kind: str):
         self.kind = kind
+        self.last: tuple[int, float] | None = None  # (step, time) of the previous log line
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step >= state.max_steps:
@@ -61,10 +71,13 @@ class ProgressCallback(TrainerCallback):
         if not state.is_world_process_zero or not logs or "loss" not in logs:
             return
         extra = "".join(f" {key.split('/')[1]} {logs[key]:.3f}" for key in DPO_METRICS[2:] if key in logs)
-        print(
+        now = time.monotonic()
+        if self.last is not None and state.global_step > self.last[0]:
+            extra += f" ({(state.global_step - self.last[0]) / (now - self.last[1]):.2f} steps/s)"
+        self.last = (state.global_step, now)
+        logger.info(
             f"[{self.kind}] step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f} "
-            f"lr {logs.get('learning_rate', 0.0):.2e}{extra}",
-            flush=True,
+            f"lr {logs.get('learning_rate', 0.0):.2e}{extra}"
         )
 
 
@@ -77,6 +90,10 @@ def train_loop(config: dict) -> None:
     torch.set_num_threads(threads)
     # Without this DeepSpeed compiles its shared-memory CPU collective (~75 s) on first use; gloo does the job.
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    # DeepSpeed calls collectives that torch deprecates, once per step: nothing a user can act on.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
+    # Adopt Ray Train's process group now: ZeRO-3 shards the weights while they load, before the Trainer would.
+    deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
 
     restored = ray.train.get_checkpoint()
     with restored.as_directory() if restored else nullcontext() as restored_dir:
@@ -93,7 +110,7 @@ def train_loop(config: dict) -> None:
 def _build_trainer(config: dict, output_dir: str):
     cfg: TrainConfig = config["cfg"]
     kind = config["kind"]
-    dataset = Dataset.from_dict(ray.get(config["examples"]))
+    dataset = _dataset(ray.get(config["examples"]))
     tokenizer = AutoTokenizer.from_pretrained(config["init_model_dir"])
     # The arguments come first: under ZeRO-3 they make `from_pretrained` load the weights already sharded.
     args = _trl_args(kind, cfg, output_dir)
@@ -117,6 +134,13 @@ def _build_trainer(config: dict, output_dir: str):
     return prepare_trainer(trainer)
 
 
+def _dataset(examples: dict[str, list[list[int]]]) -> Dataset:
+    # `Dataset.from_dict` fingerprints the table by pickling it with dill, which disassembles a function through
+    # `print`, and Ray Train's print patch then sends the bytecode to the logs. Nothing here is cached on disk,
+    # so a random fingerprint does.
+    return Dataset(InMemoryTable.from_pydict(examples), fingerprint=generate_random_fingerprint())
+
+
 def _trl_args(kind: str, cfg: TrainConfig, output_dir: str) -> TRLSFTConfig | TRLDPOConfig:
     world = ray.train.get_context().get_world_size()
     per_device, accumulation = batch_split(cfg, world)
@@ -134,11 +158,10 @@ def _trl_args(kind: str, cfg: TrainConfig, output_dir: str) -> TRLSFTConfig | TR
         logging_steps=cfg.logging_steps,
         logging_first_step=True,
         save_strategy="steps" if cfg.save_steps > 0 else "no",
-        save_steps=cfg.save_steps if cfg.save_steps > 0 else 500,
         save_total_limit=1,  # every checkpoint is copied to Ray Train storage; keep one local copy
         seed=cfg.seed,
         use_cpu=not cfg.use_gpu,
-        bf16=cfg.bf16 and cfg.use_gpu,  # on CPU, bf16 is DeepSpeed's torch autocast (see ds_config)
+        bf16=cfg.bf16,
         gradient_checkpointing=cfg.gradient_checkpointing,
         deepspeed=deepspeed_config(cfg),
         report_to="none",
@@ -146,6 +169,8 @@ def _trl_args(kind: str, cfg: TrainConfig, output_dir: str) -> TRLSFTConfig | TR
         dataloader_num_workers=0,
         eval_strategy="no",
     )
+    if cfg.save_steps > 0:
+        common["save_steps"] = cfg.save_steps
     if kind == "sft":
         # Examples arrive tokenised with labels and within max_length, so TRL has nothing left to prepare.
         return TRLSFTConfig(**common, max_length=None, dataset_kwargs={"skip_prepare_dataset": True})
@@ -183,9 +208,13 @@ def _metrics(trainer, result) -> dict:
 def _report_final(trainer, metrics: dict, work: str) -> None:
     """Save the trained model (all ranks take part: ZeRO-3 gathers) and report it from rank 0."""
     export = Path(work) / "export"
+    # The Trainer turned the KV cache off for training and would save it off; generation needs it.
+    trainer.model.config.use_cache = True
     trainer.save_model(str(export / MODEL_DIR))
     rank0 = ray.train.get_context().get_world_rank() == 0
     if rank0:
+        # A pickle of the Trainer's arguments: no use to a model directory, and unsafe to load.
+        (export / MODEL_DIR / TRAINING_ARGS_NAME).unlink()
         (export / METRICS_FILE).write_text(json.dumps(metrics))
     checkpoint = ray.train.Checkpoint.from_directory(str(export)) if rank0 else None
     ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"final_{trainer.state.global_step:08d}")

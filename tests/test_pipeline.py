@@ -1,0 +1,143 @@
+"""The whole pipeline on a quick preset, submitted as a Ray job to a local Ray head; then the CLI on the same run.
+
+Runs on: CPU, 2 cores, ~5 minutes. Starts its own Ray head (`ray start --head --block` on free ports) and stops
+only the processes it started.
+"""
+
+import contextlib
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from ray.job_submission import JobSubmissionClient
+
+from selfexplore.cli import main as cli_main
+from selfexplore.config import load_config
+from selfexplore.pipeline import STAGES, stage_fingerprint
+from selfexplore.submit import submit_pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+# Small and easy enough that a few dozen SFT steps give both correct and wrong samples (so every stage has data).
+QUICK = [
+    "task.arith.n_train=400",
+    "task.arith.n_test=40",
+    "task.arith.max_ops=2",
+    "sft.max_steps=60",
+    "sample.n=4",
+    "sample.max_problems=64",
+    "rft.max_steps=40",
+    "rft.include_gold=true",
+    "explore.max_rejected=40",
+    "dpo.epochs=1",
+    "engine.num_engines=1",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    gcs_port, dashboard_port = free_port(), free_port()
+    # Its own temp dir: a later `ray.init()` in this process must not find and join this head.
+    temp_dir = f"/tmp/ray-test-{gcs_port}"
+    ray_bin = Path(sys.executable).parent / "ray"
+    head = subprocess.Popen(
+        [str(ray_bin), "start", "--head", "--block", f"--port={gcs_port}", f"--dashboard-port={dashboard_port}",
+         "--dashboard-host=127.0.0.1", "--num-cpus=2", "--disable-usage-stats", "--include-dashboard=true", f"--temp-dir={temp_dir}"],
+        # A loopback-only test cluster: no token auth (Ray turns it on when ~/.ray/auth_token exists).
+        env={**os.environ, "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dashboard_port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            JobSubmissionClient(address).list_jobs()
+            break
+        except Exception:
+            if time.time() > deadline or head.poll() is not None:
+                os.killpg(head.pid, signal.SIGKILL)
+                raise RuntimeError("the local Ray head did not come up")
+            time.sleep(1)
+    yield address
+    os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops the node's processes on SIGTERM
+    try:
+        head.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def finished_run(ray_head, tmp_path_factory):
+    """`selfexplore submit` of the quick preset: JobSubmissionClient, the job's logs followed to the end."""
+    output_dir = tmp_path_factory.mktemp("runs")
+    overrides = [f"output_dir={output_dir}", "name=quick", *QUICK]
+    logs = io.StringIO()
+    with contextlib.chdir(REPO), contextlib.redirect_stdout(logs):
+        code = submit_pipeline("configs/tiny.yaml", overrides, load_config("configs/tiny.yaml", overrides), ray_head, python=sys.executable)
+    assert code == 0, logs.getvalue()[-5000:]
+    return output_dir / "quick", overrides, logs.getvalue()
+
+
+def test_pipeline_job_writes_every_stage_and_the_report(finished_run):
+    run_dir, _, logs = finished_run
+    for stage in STAGES:
+        manifest = json.loads((run_dir / stage / "manifest.json").read_text())
+        assert manifest["stage"] == stage and manifest["wall_s"] >= 0
+    for model in ("sft", "rft", "dpo-outcome", "dpo-step"):
+        assert (run_dir / model / "model" / "config.json").is_file()
+        assert (run_dir / model / "model" / "model.safetensors").is_file()
+    samples = json.loads((run_dir / "sample" / "stats.json").read_text())
+    assert samples["problems"] == 64 and samples["samples"] == 256 and samples["outcome_pairs"] > 0
+    explore = json.loads((run_dir / "explore" / "stats.json").read_text())
+    assert explore["step_pairs"] > 0 and explore["probes"] >= explore["rejected"]
+    summary = json.loads((run_dir / "eval" / "summary.json").read_text())
+    assert set(summary) == {"sft", "rft", "dpo-outcome", "dpo-step"} and all(s["n"] == 40 for s in summary.values())
+    report = (run_dir / "report.md").read_text()
+    assert "Self-Explore (step pairs)" in report and "95% CI" in report
+    assert "| Self-Explore (step pairs) |" in logs  # the job printed the accuracy table, and we followed its logs
+
+
+def test_rerun_skips_finished_stages_and_config_changes_rerun_only_downstream(finished_run, capsys):
+    run_dir, overrides, _ = finished_run
+    assert cli_main(["run", "configs/tiny.yaml", *overrides]) == 0
+    out = capsys.readouterr().out
+    assert all(f"[{stage}] up to date" in out for stage in STAGES)
+    assert "| SFT |" in out
+
+    cfg = load_config("configs/tiny.yaml", overrides)
+    changed = load_config("configs/tiny.yaml", [*overrides, "dpo.beta=0.2"])
+    stale = [s for s in STAGES if stage_fingerprint(cfg, s) != stage_fingerprint(changed, s)]
+    assert stale == ["dpo-outcome", "dpo-step", "eval"]
+
+
+def test_bad_inputs_are_one_clear_error_and_mark_nothing_done(tmp_path, capsys):
+    def run(*args):
+        code = cli_main(["run", *args])
+        return code, capsys.readouterr().err.strip()
+
+    code, err = run("configs/tiny.yaml", f"output_dir={tmp_path}", "sft.learnig_rate=1")
+    assert code == 2 and err.count("\n") == 0 and "unknown key `sft.learnig_rate`" in err
+
+    code, err = run("configs/tiny.yaml", f"output_dir={tmp_path}", "name=nomodel", "model.path=/nonexistent/model")
+    assert code == 2 and "model directory not found: /nonexistent/model" in err
+    assert not (tmp_path / "nomodel" / "base" / "manifest.json").exists()
+
+    bad = tmp_path / "train.jsonl"
+    bad.write_text('{"query": "1+1?", "response": "2\\n#### 2"}\n{"query": "broken\n')
+    code, err = run("configs/tiny.yaml", f"output_dir={tmp_path}", "name=baddata", "task.name=gsm8k", f"task.train_path={bad}", f"task.test_path={bad}")
+    assert code == 2 and f"{bad}:2" in err
+    assert not any((tmp_path / "baddata").glob("*/manifest.json"))

@@ -1,0 +1,140 @@
+"""Training: tokenisation rules, and SFT and DPO for real (Ray Train + TRL + DeepSpeed on CPU) on the tiny model.
+
+Runs on: CPU, 2 cores, ~1.5 minutes (one local Ray for the module, two `TorchTrainer.fit` calls).
+"""
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest
+import ray
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from selfexplore.config import DPOConfig, SFTConfig, TaskConfig, TinyModelConfig
+from selfexplore.io import DataError
+from selfexplore.models import build_char_tokenizer, build_tiny_model
+from selfexplore.tasks import format_prompt, get_task
+from selfexplore.train import train_dpo, train_sft
+from selfexplore.train.data import IGNORE_INDEX, rejected_gets_eos, tokenize_dpo, tokenize_sft
+from selfexplore.train.worker import batch_split
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("tiny")
+    build_tiny_model(TinyModelConfig(), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def arith_rows() -> list[dict]:
+    problems = get_task("arith").load("train", TaskConfig())[:256]
+    return [{"prompt": format_prompt(p["question"]), "completion": p["solution"]} for p in problems]
+
+
+# ------------------------------------------------------------------------------------------- tokenisation
+
+
+def test_sft_tokenisation_masks_the_prompt_and_ends_with_eos():
+    tok = build_char_tokenizer()
+    data = tokenize_sft(
+        [{"prompt": "Q?\n", "completion": "A"}, {"prompt": "long" * 10, "completion": "x"}], tok, max_length=20
+    )
+    assert data.dropped_too_long == 1 and data.num_examples == 1
+    ids, labels = data.examples["input_ids"][0], data.examples["labels"][0]
+    assert ids == [tok.bos_token_id, *tok.convert_tokens_to_ids(list("Q?\nA")), tok.eos_token_id]
+    assert labels == [IGNORE_INDEX] * 4 + ids[4:]
+
+
+def test_dpo_tokenisation_puts_eos_on_chosen_and_on_outcome_rejected_only():
+    tok = build_char_tokenizer()
+    eos = tok.eos_token_id
+    rows = [
+        {"prompt": "Q\n", "chosen": "1 + 1 = 2\nThe answer is 2", "rejected": "1 + 1 = 3\n", "kind": "step"},
+        {"prompt": "Q\n", "chosen": "The answer is 2", "rejected": "The answer is 3", "kind": "outcome"},
+        {"prompt": "Q\n", "chosen": "The answer is 2", "rejected": "", "kind": "step"},
+        {"prompt": "Q" * 30, "chosen": "a", "rejected": "b", "kind": "outcome"},
+        {"prompt": "Q\n", "chosen": "a" * 40, "rejected": "b", "kind": "outcome"},
+    ]
+    data = tokenize_dpo(rows, tok, max_length=40, max_prompt_length=20)
+    assert (data.num_examples, data.dropped_empty, data.dropped_too_long) == (2, 1, 2)
+    step, outcome = ({column: values[i] for column, values in data.examples.items()} for i in (0, 1))
+    assert step["prompt_ids"][0] == tok.bos_token_id
+    assert step["chosen_ids"][-1] == eos and outcome["chosen_ids"][-1] == eos
+    assert step["rejected_ids"] == tok.convert_tokens_to_ids(list("1 + 1 = 3\n"))  # the pit step, no EOS
+    assert outcome["rejected_ids"][-1] == eos
+    assert rejected_gets_eos("outcome") and not rejected_gets_eos("step")
+    with pytest.raises(DataError, match="kind"):
+        tokenize_dpo([{**rows[0], "kind": "final"}], tok, 40, 20)
+    with pytest.raises(DataError, match="row 0 lacks"):
+        tokenize_dpo([{"prompt": "Q", "chosen": "a"}], tok, 40, 20)
+
+
+def test_batch_split():
+    assert batch_split(SFTConfig(batch_size=64), world_size=2) == (32, 1)
+    assert batch_split(SFTConfig(batch_size=64, per_device_batch_size=8), world_size=2) == (8, 4)
+    with pytest.raises(ValueError, match="multiple"):
+        batch_split(SFTConfig(batch_size=64, per_device_batch_size=12), world_size=2)
+
+
+# ------------------------------------------------------------------------------------------- training
+
+
+def test_sft_learns_and_writes_a_loadable_model(ray_session, tiny_model, arith_rows, tmp_path):
+    cfg = SFTConfig(max_steps=12, batch_size=32, learning_rate=3e-3, warmup_steps=2, logging_steps=4)
+    out = tmp_path / "sft"
+    metrics = train_sft(arith_rows, tiny_model, out, cfg, tmp_path / "ray")
+
+    assert metrics["steps"] == 12 and metrics["examples"] == len(arith_rows) and metrics["dropped_too_long"] == 0
+    assert metrics["final_loss"] < metrics["first_loss"] - 0.5
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"
+    ]
+    assert not list(tmp_path.glob(".sft.*"))  # the temporary sibling is gone
+    assert not list((tmp_path / "ray").iterdir())  # Ray Train's checkpoints are deleted once the model is out
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert model.config.use_cache
+    batch = tok([arith_rows[0]["prompt"]], return_tensors="pt")
+    generated = model.generate(**batch, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert generated.shape[1] > batch["input_ids"].shape[1]
+
+
+def test_dpo_on_both_pair_kinds_under_zero3_with_two_workers(ray_session, tiny_model, arith_rows, tmp_path):
+    pairs = []
+    for i, row in enumerate(arith_rows[:16]):
+        first, rest = row["completion"].split("\n", 1)
+        pit = first + "1\n"  # a wrong first step
+        # Odd rows: a whole wrong solution (outcome pair); even rows: the pit step alone (step pair).
+        rejected, kind = (pit + rest, "outcome") if i % 2 else (pit, "step")
+        pairs.append({"prompt": row["prompt"], "chosen": row["completion"], "rejected": rejected, "kind": kind})
+    pairs.append({**pairs[0], "prompt": "x" * 300})  # longer than max_prompt_length: dropped, counted
+    cfg = DPOConfig(
+        max_steps=4, batch_size=8, learning_rate=1e-3, logging_steps=2, zero_stage=3, num_workers=2,
+        max_length=256, max_prompt_length=160,
+    )
+    out = tmp_path / "dpo"
+    metrics = train_dpo(pairs, tiny_model, tiny_model, out, cfg, tmp_path / "ray")
+
+    assert metrics["steps"] == 4 and metrics["examples"] == 16 and metrics["dropped_too_long"] == 1
+    assert 0.0 <= metrics["rewards/accuracies"] <= 1.0
+    assert metrics["rewards/margins"] > 0  # four steps at this learning rate already separate the pairs
+    trained = load_file(out / "model.safetensors")
+    initial = load_file(f"{tiny_model}/model.safetensors")
+    assert trained.keys() == initial.keys()  # gathered from the ZeRO-3 shards: every weight, full shape
+    assert all(trained[k].shape == initial[k].shape for k in initial)
+    assert any(not torch.equal(trained[k], initial[k]) for k in initial)
