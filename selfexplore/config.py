@@ -164,7 +164,7 @@ class TrainConfig:
     zero_stage: Literal[0, 1, 2, 3] = 2
     """DeepSpeed ZeRO stage."""
     bf16: bool = False
-    """bf16 mixed precision (GPUs)."""
+    """bf16 mixed precision through DeepSpeed (fp32 master weights; the saved model is bf16). Works on CPU too."""
     gradient_checkpointing: bool = False
     """Trade compute for memory (large models)."""
     max_failures: int = 0
