@@ -32,7 +32,7 @@ def submit_pipeline(config_path: str, overrides: list[str], cfg: RunConfig, addr
     return 0 if status == JobStatus.SUCCEEDED else 1
 
 
-def submit_with_retry(client: JobSubmissionClient, entrypoint: str, runtime_env: dict, patience_s: float = 120) -> str:
+def submit_with_retry(client: JobSubmissionClient, entrypoint: str, runtime_env: dict, patience_s: float = 300) -> str:
     """Submit, retrying while the head's job agent is still starting (a fresh cluster answers 500 for a while)."""
     deadline = time.time() + patience_s
     while True:
