@@ -371,10 +371,6 @@ def _apply_override(raw: dict, override: str) -> None:
     node[leaf] = value
 
 
-def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
-
-
 def fingerprint(*parts) -> str:
     """Stable short hash of config sections and upstream fingerprints (decides whether a stage is up to date)."""
     blob = json.dumps([dataclasses.asdict(p) if dataclasses.is_dataclass(p) else p for p in parts], sort_keys=True)
@@ -382,4 +378,4 @@ def fingerprint(*parts) -> str:
 
 
 def dump_yaml(cfg: RunConfig) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
