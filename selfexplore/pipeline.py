@@ -2,8 +2,9 @@
 
 A stage is finished when `<run>/<stage>/manifest.json` holds the stage's current fingerprint: a hash of the
 config sections that decide its output and of the fingerprints of the stages it reads. Change `dpo.beta` and
-only the DPO stages and `eval` run again; change the task and everything does. A stage that was cut off (no
-manifest) resumes: rollouts from their finished shards, training from the last Ray Train checkpoint.
+only the DPO stages and `eval` run again; change the task and everything does. A stage records its fingerprint
+in `started.json` when it starts; one that was cut off (no manifest) resumes under the same fingerprint (rollouts
+from their finished shards, training from the last Ray Train checkpoint) and starts over under another.
 """
 
 from __future__ import annotations
@@ -17,22 +18,28 @@ from pathlib import Path
 import ray
 
 from selfexplore.config import RunConfig, dump_yaml, fingerprint
+from selfexplore.engines import check_backend
 from selfexplore.errors import StageError
 from selfexplore.io import atomic_write, read_json, write_json
 from selfexplore.stages import base, dpo, explore, rft, sample, sft
 from selfexplore.stages import eval as eval_stage
 from selfexplore.tasks import get_task
 
+def generation(c: RunConfig) -> tuple:
+    """The engine settings that change what a rollout generates (engine count and batch size do not)."""
+    return (c.engine.backend, c.engine.dtype)
+
+
 # name -> (run function, stages it reads, config sections that decide its output)
 STAGES = {
     "base": (base.run, (), lambda c: (c.model,)),
     "sft": (sft.run, ("base",), lambda c: (c.task, c.sft)),
-    "sample": (sample.run, ("sft",), lambda c: (c.task, c.sample)),
+    "sample": (sample.run, ("sft",), lambda c: (c.task, c.sample, generation(c))),
     "rft": (rft.run, ("base", "sample"), lambda c: (c.task, c.rft)),
-    "explore": (explore.run, ("rft", "sample"), lambda c: (c.task, c.explore)),
+    "explore": (explore.run, ("rft", "sample"), lambda c: (c.task, c.explore, generation(c))),
     "dpo-outcome": (lambda c, d: dpo.run(c, d, "outcome"), ("rft", "sample"), lambda c: (c.dpo,)),
     "dpo-step": (lambda c, d: dpo.run(c, d, "step"), ("rft", "explore"), lambda c: (c.dpo,)),
-    "eval": (eval_stage.run, ("sft", "rft", "dpo-outcome", "dpo-step"), lambda c: (c.task, c.eval)),
+    "eval": (eval_stage.run, ("sft", "rft", "dpo-outcome", "dpo-step"), lambda c: (c.task, c.eval, generation(c))),
 }
 
 REPORT_NAMES = {"sft": "SFT", "rft": "RFT", "dpo-outcome": "DPO (outcome pairs)", "dpo-step": "Self-Explore (step pairs)"}
@@ -71,9 +78,13 @@ def run_stage(cfg: RunConfig, name: str) -> dict:
         print(f"[{name}] up to date ({manifest['wall_s']:.0f}s when it ran), skipping", flush=True)
         return manifest
     stage_dir = run_dir / name
-    if manifest:  # finished under another config: its outputs are stale, start over
-        print(f"[{name}] config changed since it ran; running it again", flush=True)
+    started = read_json(stage_dir / "started.json") if (stage_dir / "started.json").is_file() else None
+    if manifest or (started and started["fingerprint"] != fp):
+        # Made under another config or other inputs: never reuse any of it.
+        print(f"[{name}] config or inputs changed since it {'ran' if manifest else 'was cut off'}; starting over", flush=True)
         shutil.rmtree(stage_dir)
+    elif started:
+        print(f"[{name}] resuming the run cut off at {started['started_at']}", flush=True)
     run, needs, sections = STAGES[name]
     for need in needs:
         upstream = read_manifest(run_dir, need)
@@ -81,14 +92,15 @@ def run_stage(cfg: RunConfig, name: str) -> dict:
             raise StageError(f"stage {name} needs stage {need} to be finished first: run `selfexplore run` or `selfexplore stage {need}`")
     print(f"[{name}] running", flush=True)
     init_ray(cfg)
-    stage_dir.mkdir(parents=True, exist_ok=True)
+    if not (stage_dir / "started.json").is_file():
+        write_json(stage_dir / "started.json", {"fingerprint": fp, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     start = time.time()
     metrics = run(cfg, run_dir)
     manifest = {
         "stage": name,
         "fingerprint": fp,
         "inputs": {need: read_manifest(run_dir, need)["fingerprint"] for need in needs},
-        "config": [dataclasses.asdict(section) for section in sections(cfg)],
+        "config": [dataclasses.asdict(section) if dataclasses.is_dataclass(section) else section for section in sections(cfg)],
         "metrics": metrics,
         "wall_s": time.time() - start,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -100,6 +112,7 @@ def run_stage(cfg: RunConfig, name: str) -> dict:
 
 def check_inputs(cfg: RunConfig) -> None:
     """Fail on bad data or a missing model now, before any stage runs, not an hour into the run."""
+    check_backend(cfg.engine)
     task = get_task(cfg.task.name)
     for split in ("train", "test"):
         task.load(split, cfg.task)

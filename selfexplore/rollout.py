@@ -2,12 +2,15 @@
 
 `sample`, `explore` and `eval` all run the same way:
 
-    results = run_rollout(rows, SampleWorker, dict(...), cfg.engine, shard_dir, key="id", what="problems")
+    run_rollout(rows, SampleWorker, dict(...), cfg.engine, shard_dir, key="id", what="problems")
+    for result in iter_results(shard_dir): ...
 
 Ray Data shards the rows over `engine.num_engines` actors (`map_batches` with an actor pool; on a cluster the
-actors spread over nodes, each with `engine.num_gpus` GPUs). The driver writes every finished batch to its own
-shard file as results stream back, so a run that was cut off resumes from its finished shards: rows whose key is
-already in a shard are not generated again.
+actors spread over nodes, each with `engine.num_gpus` GPUs, or a placement group of `tensor_parallel_size` GPUs
+for a vLLM engine that spans several). The driver writes every finished batch to its own shard file as results
+stream back and keeps only their keys, so its memory stays bounded at any scale; later steps read the shards back
+as they need them. A run that was cut off resumes from its finished shards (the pipeline deletes a stage's
+directory when it starts under another fingerprint, so the shards found here were made under the current one).
 
 Rows cross Ray Data as JSON strings: the records are nested and ragged (lists of samples, of probes), which Arrow
 schema inference handles poorly, and the workers only ever need whole records.
@@ -19,13 +22,14 @@ import abc
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import ray
 
 from selfexplore.config import EngineConfig
+from selfexplore.errors import StageError
 from selfexplore.io import read_jsonl, write_jsonl
-
 
 class EngineWorker(abc.ABC):
     """Base of the Ray Data callable classes: loads the engine and the task once per actor.
@@ -64,35 +68,80 @@ def run_rollout(
     shard_dir: Path,
     key: str,
     what: str,
-) -> list[dict]:
-    """Process `rows` with `worker_cls` actors; return one result per row, in the order of `rows`."""
+) -> None:
+    """Process every row of `rows` not yet in a shard of `shard_dir` with `worker_cls` actors."""
     shard_dir.mkdir(parents=True, exist_ok=True)
-    shards = sorted(shard_dir.glob("part-*.jsonl"))
-    done = {result[key]: result for shard in shards for result in read_jsonl(shard)}
+    done = {result[key] for result in iter_results(shard_dir)}
     todo = [row for row in rows if row[key] not in done]
-    progress = Progress(what, total=len(rows), done=len(rows) - len(todo))
     if done:
         print(f"  resuming: {len(rows) - len(todo)}/{len(rows)} {what} already done in {shard_dir}", flush=True)
-    if todo:
-        dataset = ray.data.from_items([{"row": json.dumps(row)} for row in todo])
-        dataset = dataset.map_batches(
-            worker_cls,
-            fn_constructor_kwargs=worker_kwargs,
-            batch_size=engine_cfg.rows_per_batch,
-            compute=ray.data.ActorPoolStrategy(size=engine_cfg.num_engines),
-            num_gpus=engine_cfg.num_gpus,
-            num_cpus=engine_cfg.num_cpus,
-            runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
-        )
-        shard_idx = len(shards)
+    if not todo:
+        return
+    progress = Progress(what, total=len(rows), done=len(rows) - len(todo))
+    dataset = ray.data.from_items([{"row": json.dumps(row)} for row in todo])
+    dataset = dataset.map_batches(
+        worker_cls,
+        fn_constructor_kwargs=worker_kwargs,
+        batch_size=engine_cfg.rows_per_batch,
+        compute=ray.data.ActorPoolStrategy(size=engine_cfg.num_engines),
+        num_cpus=engine_cfg.num_cpus,
+        runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
+        **engine_resources(engine_cfg),
+    )
+    shard_idx = len(list(shard_dir.glob("part-*.jsonl")))
+    try:
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             results = [json.loads(text) for text in batch["result"]]
             write_jsonl(shard_dir / f"part-{shard_idx:05d}.jsonl", results)
             shard_idx += 1
-            done.update((result[key], result) for result in results)
+            done.update(result[key] for result in results)
             progress.advance(len(results))
+    except Exception as e:  # noqa: BLE001 - Ray wraps the engine's error; the user needs its last line and a way out
+        raise StageError(
+            f"{what}: the `{engine_cfg.backend}` engine failed ({root_cause(e)}); {len(done)}/{len(rows)} rows are "
+            f"saved in {shard_dir} and a rerun resumes there. Out of memory? Lower engine.rows_per_batch"
+            + (", engine.vllm.max_num_seqs or engine.vllm.gpu_memory_utilization" if engine_cfg.backend == "vllm" else "")
+        ) from e
     progress.finish()
-    return [done[row[key]] for row in rows]
+
+
+def iter_results(shard_dir: Path) -> Iterator[dict]:
+    """Every result in `shard_dir`, one shard in memory at a time (shard order, not input order)."""
+    for shard in sorted(shard_dir.glob("part-*.jsonl")):
+        yield from read_jsonl(shard)
+
+
+def ordered_results(shard_dir: Path, rows: list[dict], key: str) -> list[dict]:
+    """All results in the order of `rows`: for outputs small enough to hold (eval, per-item summaries)."""
+    by_key = {result[key]: result for result in iter_results(shard_dir)}
+    return [by_key[row[key]] for row in rows]
+
+
+def engine_resources(cfg: EngineConfig) -> dict:
+    """Ray resources of one engine actor.
+
+    A vLLM engine with tensor parallelism runs its workers as Ray actors: the engine actor itself takes no GPU and
+    lives in a placement group of one GPU bundle per worker, which vLLM's Ray executor then fills.
+    """
+    tp = cfg.vllm.tensor_parallel_size if cfg.backend == "vllm" else 1
+    if tp == 1:
+        return {"num_gpus": cfg.num_gpus}
+
+    def placement() -> dict:
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        group = ray.util.placement_group([{"GPU": 1, "CPU": 1}] * tp, strategy="PACK")
+        return {"scheduling_strategy": PlacementGroupSchedulingStrategy(group, placement_group_capture_child_tasks=True)}
+
+    return {"num_gpus": 0, "ray_remote_args_fn": placement}
+
+
+def root_cause(error: BaseException) -> str:
+    """The last line of the innermost error Ray reports: what the user can act on, without the tracebacks."""
+    while getattr(error, "cause", None) is not None and error.cause is not error:
+        error = error.cause
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 class Progress:

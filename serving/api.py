@@ -1,9 +1,9 @@
 """The HTTP API: OpenAI-compatible completions, chat completions and model listing, `/v1/solve`, `/healthz`.
 
 `build_fastapi` returns the ASGI app the ingress deployment serves. It needs only the settings, the model's
-tokenizer and context length (for prompt limits and `usage`) and an async `generate(prompt, params)` that reaches
-an engine, so the whole request path — guard, validation, limits, response shapes — lives here, apart from Ray
-Serve's plumbing.
+tokenizer and context length (for prompt limits and `usage`) and an `EngineClient` that reaches an engine, so
+the whole request path — guard, validation, limits, response shapes, engine failures — lives here, apart from
+Ray Serve's plumbing.
 
 Two ASGI layers wrap the routes, outermost first:
 - `RequestMetrics`: counts requests per route and status and times them (Prometheus, through Ray's metrics).
@@ -15,29 +15,45 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
+from typing import Protocol, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray.serve.metrics import Counter, Histogram
 
 from selfexplore.engines import Completion, SamplingParams
+from selfexplore.rollout import root_cause
 from selfexplore.tasks import TASKS, format_prompt, get_task
+from serving.engine import Delta
 from serving.protocol import ApiError, ChatRequest, CompletionRequest, SamplingFields, SolveRequest, parse_body
 from serving.settings import API_KEY_ENV, ServeSettings, is_loopback
 
-Generate = Callable[[str, SamplingParams], Awaitable[list[Completion]]]
+# Serve's replica logger: its lines land in the replica's log with Serve's own request context.
+logger = logging.getLogger("ray.serve")
+T = TypeVar("T")
 OPEN_PATHS = {"/healthz"}
 """Answered without an API key: load balancers and Kubernetes probes carry none."""
 ROUTES = {"/healthz", "/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/solve"}
 
 
+class EngineClient(Protocol):
+    """The engine deployment as the API sees it (`serving.engine`): one prompt's completions, whole or streamed.
+
+    `request_id` names the call in the engine (vLLM's request id) and in the logs."""
+
+    def generate(self, request_id: str, prompt: list[int], params: SamplingParams) -> Awaitable[list[Completion]]: ...
+
+    def stream(self, request_id: str, prompt: list[int], params: SamplingParams) -> AsyncIterator[list[Delta]]: ...
+
+
 def build_fastapi(
-    settings: ServeSettings, model_name: str, tokenizer, context_length: int | None, generate: Generate
+    settings: ServeSettings, model_name: str, tokenizer, context_length: int | None, engine: EngineClient
 ) -> FastAPI:
-    api = ServingApi(settings, model_name, tokenizer, context_length, generate)
+    api = ServingApi(settings, model_name, tokenizer, context_length, engine)
     # No /docs: the routes read raw bodies (to answer every defect with a clear 400) so the schema would say little.
     app = FastAPI(title="selfexplore", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_exception_handler(ApiError, lambda _request, e: JSONResponse(e.body(), status_code=e.status))
@@ -52,9 +68,9 @@ def build_fastapi(
 
 
 class ServingApi:
-    def __init__(self, settings: ServeSettings, model_name: str, tokenizer, context_length, generate: Generate):
+    def __init__(self, settings: ServeSettings, model_name: str, tokenizer, context_length, engine: EngineClient):
         self.settings, self.limits = settings, settings.limits
-        self.model_name, self.tokenizer, self._generate = model_name, tokenizer, generate
+        self.model_name, self.tokenizer, self.engine = model_name, tokenizer, engine
         self.context_length = context_length  # prompt + completion tokens the model attends to; None: unchecked
         self.created = int(time.time())
         self.prompt_tokens = Counter("selfexplore_prompt_tokens", description="Prompt tokens of served requests.")
@@ -91,10 +107,10 @@ class ServingApi:
         if task_name not in TASKS:
             raise ApiError(400, f"unknown task {task_name!r}: choose one of {', '.join(TASKS)}", "task")
         task = get_task(task_name)
-        prompt = format_prompt(req.problem)
-        (prompt_tokens,) = self.prompt_lengths([prompt])
+        (prompt,) = self.encode([format_prompt(req.problem)])
+        prompt_tokens = len(prompt)
         params = self.sampling_params(req.max_tokens, 1, req.temperature, 1.0, [], req.seed, prompt_tokens)
-        (completion,) = (await self.generate_all([prompt], params))[0]
+        (completion,) = (await self.generate_all(f"solve-{uuid.uuid4().hex}", [prompt], params))[0]
         steps = [completion.text[start:end].strip() for start, end in task.split_steps(completion.text)]
         return JSONResponse(
             {
@@ -114,22 +130,22 @@ class ServingApi:
         max_tokens = req.max_tokens
         if isinstance(req, ChatRequest) and req.max_completion_tokens is not None:
             max_tokens = req.max_completion_tokens
-        lengths = self.prompt_lengths(prompts)
+        prompt_ids = self.encode(prompts)
+        lengths = [len(ids) for ids in prompt_ids]
         params = self.sampling_params(
             max_tokens, req.n, req.temperature, req.top_p, req.stop_list(), req.seed, max(lengths)
         )
-        outputs = await self.generate_all(prompts, params)
-        completions = [c for per_prompt in outputs for c in per_prompt]
         meta = {
             "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
             "created": int(time.time()),
             "model": self.model_name,
         }
-        usage_block = usage(sum(lengths), sum(c.n_tokens for c in completions))
         if req.stream:
             include_usage = req.stream_options is not None and req.stream_options.include_usage
-            events = stream_events(meta, completions, usage_block if include_usage else None, chat)
-            return StreamingResponse(events, media_type="text/event-stream")
+            return await self.stream_response(meta, prompt_ids, params, sum(lengths) if include_usage else None, chat)
+        outputs = await self.generate_all(meta["id"], prompt_ids, params)
+        completions = [c for per_prompt in outputs for c in per_prompt]
+        usage_block = usage(sum(lengths), sum(c.n_tokens for c in completions))
         if chat:
             choices = [
                 {
@@ -146,6 +162,21 @@ class ServingApi:
             for i, c in enumerate(completions)
         ]
         return JSONResponse({**meta, "object": "text_completion", "choices": choices, "usage": usage_block})
+
+    async def stream_response(
+        self, meta: dict, prompt_ids: list[list[int]], params: SamplingParams, prompt_tokens: int | None, chat: bool
+    ) -> StreamingResponse:
+        """Server-sent events as the engine produces them; `usage` last when `prompt_tokens` is given.
+
+        Every prompt's stream starts now, so the engine works on all of them at once; their chunks are sent prompt
+        after prompt (a prompt's waiting chunks queue up meanwhile)."""
+        request_id = meta["id"]
+        streams = [self.engine.stream(f"{request_id}-{i}", ids, params) for i, ids in enumerate(prompt_ids)]
+        # Wait for the first output before answering 200: an engine that fails at once gets a clean 503.
+        first = await self.guarded(request_id, anext(streams[0]))
+        streams[0] = prepend(first, streams[0])
+        events = stream_events(meta, numbered(streams, params.n), prompt_tokens, chat)
+        return StreamingResponse(events, media_type="text/event-stream")
 
     def check_model(self, requested: str | None) -> None:
         if requested is not None and requested != self.model_name:
@@ -180,27 +211,45 @@ class ServingApi:
                 f"max_tokens ({max_tokens}) needs {longest_prompt + max_tokens}: lower max_tokens",
                 "max_tokens",
             )
-        return SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=stop, seed=seed)
+        return SamplingParams(
+            n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=tuple(stop), seed=seed
+        )
 
-    def prompt_lengths(self, prompts: list[str]) -> list[int]:
-        """Tokens of each prompt (for `usage` and the context check), refusing any prompt over the limit."""
-        lengths = [len(self.tokenizer(prompt)["input_ids"]) for prompt in prompts]
-        for n_tokens in lengths:
-            if n_tokens > self.limits.max_prompt_tokens:
-                raise ApiError(400, self.over_limit("prompt", n_tokens, "max_prompt_tokens", "tokens"), "prompt")
-        if sum(lengths):
-            self.prompt_tokens.inc(sum(lengths))
-        return lengths
+    def encode(self, prompts: list[str]) -> list[list[int]]:
+        """Token ids of each prompt (what the engine gets, as the `hf` and `vllm` engines encode prompts),
+        refusing any prompt over the limit."""
+        prompt_ids = [self.tokenizer(prompt).input_ids for prompt in prompts]
+        for ids in prompt_ids:
+            if len(ids) > self.limits.max_prompt_tokens:
+                raise ApiError(400, self.over_limit("prompt", len(ids), "max_prompt_tokens", "tokens"), "prompt")
+        total = sum(len(ids) for ids in prompt_ids)
+        if total:
+            self.prompt_tokens.inc(total)
+        return prompt_ids
 
-    async def generate_all(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
+    async def generate_all(
+        self, request_id: str, prompt_ids: list[list[int]], params: SamplingParams
+    ) -> list[list[Completion]]:
+        calls = (self.engine.generate(f"{request_id}-{i}", ids, params) for i, ids in enumerate(prompt_ids))
+        return await self.guarded(request_id, asyncio.gather(*calls))
+
+    async def guarded(self, request_id: str, call: Awaitable[T]) -> T:
+        """The engine's answer, or a 503 for the client and one log line for the operator when it failed."""
         try:
-            return await asyncio.gather(*(self._generate(prompt, params) for prompt in prompts))
+            return await call
         except Exception as e:  # noqa: BLE001 - any engine failure is the server's, not the client's
-            raise ApiError(503, f"generation failed, retry later: {type(e).__name__}: {e}") from None
+            raise engine_failure(request_id, e) from None
 
     def over_limit(self, field: str, value: int, limit_name: str, unit: str) -> str:
         limit = getattr(self.limits, limit_name)
         return f"{field} is {value} {unit}, over this server's limit of {limit} (limits.{limit_name})"
+
+
+def engine_failure(request_id: str, error: BaseException) -> ApiError:
+    """Log a failed engine call with its request id (one line: the cause, without Ray's tracebacks) and say
+    which request failed, and nothing of the server's insides, to the client."""
+    logger.error("request %s: generation failed: %s", request_id, root_cause(error))
+    return ApiError(503, f"generation failed, retry later (request {request_id}; the server log has the cause)")
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
@@ -211,26 +260,51 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
     }
 
 
-async def stream_events(meta: dict, completions: list[Completion], usage_block: dict | None, chat: bool):
-    """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`.
+async def prepend(first: T, rest: AsyncIterator[T]) -> AsyncIterator[T]:
+    yield first
+    async for item in rest:
+        yield item
 
-    The engine returns whole completions (batched generation), so each arrives as one chunk; clients read the
-    stream exactly as they read any OpenAI stream.
+
+async def numbered(streams: list[AsyncIterator[list[Delta]]], n: int) -> AsyncIterator[tuple[int, Delta]]:
+    """Each prompt's deltas with their choice index (prompt i's j-th completion is choice i * n + j)."""
+    for i, stream in enumerate(streams):
+        async for deltas in stream:
+            for delta in deltas:
+                yield i * n + delta.index, delta
+
+
+async def stream_events(
+    meta: dict, choices: AsyncIterator[tuple[int, Delta]], prompt_tokens: int | None, chat: bool
+) -> AsyncIterator[str]:
+    """Server-sent events in OpenAI's chunk format, one per delta, ending with `data: [DONE]`.
+
+    A chat choice's first chunk carries the role. `usage` comes last when `prompt_tokens` is given. An engine
+    failure after the first chunk (the response is already a 200) ends the stream with an OpenAI error event,
+    which OpenAI clients raise as an error.
     """
     kind = "chat.completion.chunk" if chat else "text_completion"
 
     def event(choices: list[dict], **extra) -> str:
         return f"data: {json.dumps({**meta, 'object': kind, 'choices': choices, **extra})}\n\n"
 
-    for i, c in enumerate(completions):
-        if chat:
-            yield event([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-            yield event([{"index": i, "delta": {"content": c.text}, "finish_reason": None}])
-            yield event([{"index": i, "delta": {}, "finish_reason": c.finish_reason}])
-        else:
-            yield event([{"index": i, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason}])
-    if usage_block is not None:
-        yield event([], usage=usage_block)
+    started: set[int] = set()
+    completion_tokens = 0
+    try:
+        async for index, delta in choices:
+            completion_tokens += len(delta.token_ids)
+            if chat:
+                content = {"content": delta.text} if index in started else {"role": "assistant", "content": delta.text}
+                started.add(index)
+                yield event([{"index": index, "delta": content, "finish_reason": delta.finish_reason}])
+            else:
+                choice = {"index": index, "text": delta.text, "logprobs": None, "finish_reason": delta.finish_reason}
+                yield event([choice])
+    except Exception as e:  # noqa: BLE001 - any engine failure is the server's, not the client's
+        yield f"data: {json.dumps(engine_failure(meta['id'], e).body())}\n\n"
+        return
+    if prompt_tokens is not None:
+        yield event([], usage=usage(prompt_tokens, completion_tokens))
     yield "data: [DONE]\n\n"
 
 

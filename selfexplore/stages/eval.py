@@ -13,7 +13,7 @@ from pathlib import Path
 from selfexplore.config import EngineConfig, RunConfig
 from selfexplore.engines import SamplingParams
 from selfexplore.io import write_json, write_jsonl
-from selfexplore.rollout import EngineWorker, run_rollout
+from selfexplore.rollout import EngineWorker, ordered_results, run_rollout
 from selfexplore.tasks import format_prompt, get_task
 
 GROUP_KEYS = ("level", "subject")
@@ -37,14 +37,15 @@ def result_row(problem: dict, completion: str, n_tokens: int, finish_reason: str
 
 class EvalWorker(EngineWorker):
     def process(self, problems: list[dict]) -> list[dict]:
-        params = SamplingParams(n=1, temperature=0.0, max_tokens=self.settings["max_tokens"])
-        outputs = self.engine.generate([format_prompt(p["question"]) for p in problems], params)
+        params = [SamplingParams(n=1, temperature=0.0, max_tokens=self.settings["max_tokens"])] * len(problems)
+        outputs = self.engine.generate([self.engine.encode(format_prompt(p["question"])) for p in problems], params)
         return [result_row(p, c.text, c.n_tokens, c.finish_reason, self.task) for p, (c,) in zip(problems, outputs)]
 
 
 def evaluate_model(model_dir: str, problems: list[dict], task_name: str, engine_cfg: EngineConfig, max_tokens: int, shard_dir: Path) -> list[dict]:
     worker_kwargs = dict(model_dir=model_dir, engine_cfg=engine_cfg, task_name=task_name, max_tokens=max_tokens)
-    return run_rollout(problems, EvalWorker, worker_kwargs, engine_cfg, shard_dir, key="id", what="test problems")
+    run_rollout(problems, EvalWorker, worker_kwargs, engine_cfg, shard_dir, key="id", what="test problems")
+    return ordered_results(shard_dir, problems, key="id")
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:

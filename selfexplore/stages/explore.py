@@ -13,8 +13,12 @@ Search strategies: `linear` probes 1, 2, ... and stops at the first pit (the pap
 `binary` bisects [1, M] assuming values only fall to zero once (OmegaPRM), then probes j-1 for a chosen if needed.
 Every probe's value is kept in `step_values.jsonl` (process-reward labels, Math-Shepherd style).
 
-All probes of one rejected solution run on the same engine (one Ray Data row), and each engine call batches the
-current probes of every solution in its batch: rounds of lockstep search.
+Prefixes live in token space: a rejected solution is the token ids the model sampled, cut at step boundaries, so
+a probe continues exactly the tokens the model produced (re-tokenising a text prefix gives other tokens with BPE
+and SentencePiece tokenisers). A step boundary inside a token moves to the start of that token. All probes of one
+rejected solution run on the same engine (one Ray Data row), so the engine's prefix cache reuses their common
+prefix, and each engine call batches the current probes of every solution in its batch: rounds of lockstep search.
+Each probe is seeded by its solution and step alone.
 
 Outputs in `explore/`: `probes/part-*.jsonl` (per rejected solution: steps, probes, pit), `gpairs.jsonl`,
 `step_values.jsonl`, `stats.json`.
@@ -22,13 +26,12 @@ Outputs in `explore/`: `probes/part-*.jsonl` (per rejected solution: steps, prob
 
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 
 from selfexplore.config import ExploreConfig, RunConfig
-from selfexplore.engines import SamplingParams
+from selfexplore.engines import SamplingParams, derive_seed
 from selfexplore.io import read_jsonl, write_json, write_jsonl
-from selfexplore.rollout import EngineWorker, run_rollout
+from selfexplore.rollout import EngineWorker, iter_results, run_rollout
 from selfexplore.tasks import get_task
 
 
@@ -70,23 +73,58 @@ class PitSearch:
                 self.low = step + 1
 
 
-def explore_rejected(items: list[dict], engine, task, cfg: ExploreConfig, seed: int) -> list[dict]:
+def step_cuts(tokenizer, token_ids: list[int], spans: list[tuple[int, int]]) -> list[int]:
+    """For each step, the number of tokens of the prefix that ends with it.
+
+    The cut for a step ending at character `end` of the decoded solution is the most tokens whose text ends at or
+    before `end` (found by bisection: decoded length grows with the number of tokens).
+    """
+    def text_length(n_tokens: int) -> int:
+        return len(tokenizer.decode(token_ids[:n_tokens], skip_special_tokens=True))
+
+    cuts, low = [], 0
+    for _, end in spans:
+        high = len(token_ids)
+        while low < high:
+            mid = (low + high + 1) // 2
+            if text_length(mid) <= end:
+                low = mid
+            else:
+                high = mid - 1
+        cuts.append(low)
+    return cuts
+
+
+def explore_rejected(items: list[dict], engine, task, cfg: ExploreConfig) -> list[dict]:
     """Run the pit search of every item (a rejected solution) in lockstep rounds of batched engine calls."""
-    steps = [task.split_steps(item["rejected"]) for item in items]
-    searches = [PitSearch(len(s), cfg.strategy) for s in steps]
+    tokenizer = engine.tokenizer
+    solutions = [tokenizer.decode(item["rejected_token_ids"], skip_special_tokens=True) for item in items]
+    cuts = [step_cuts(tokenizer, item["rejected_token_ids"], task.split_steps(text)) for item, text in zip(items, solutions)]
+    prompt_ids = [engine.encode(item["prompt"]) for item in items]
+    # prefix_texts[i][j]: the text of the first j steps' tokens (j = 0: empty)
+    prefix_texts = [
+        [""] + [tokenizer.decode(item["rejected_token_ids"][:cut], skip_special_tokens=True) for cut in item_cuts]
+        for item, item_cuts in zip(items, cuts)
+    ]
+    searches = [PitSearch(len(c), cfg.strategy) for c in cuts]
     probes: list[dict[int, list[dict]]] = [{} for _ in items]
-    for round_idx in range(sum(len(s) for s in steps) + 1):
-        requests = [(i, j) for i, search in enumerate(searches) if (j := search.next_step()) is not None]
-        if not requests:
-            break
-        # prefix j ends after step j; spans are character offsets into the rejected solution
-        prefixes = [items[i]["rejected"][: steps[i][j - 1][1]] for i, j in requests]
-        params = SamplingParams(
-            n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed + round_idx
+    while requests := [(i, j) for i, search in enumerate(searches) if (j := search.next_step()) is not None]:
+        outputs = engine.generate(
+            [prompt_ids[i] + items[i]["rejected_token_ids"][: cuts[i][j - 1]] for i, j in requests],
+            [
+                SamplingParams(
+                    n=cfg.k,
+                    temperature=cfg.temperature,
+                    top_p=cfg.top_p,
+                    max_tokens=cfg.max_tokens,
+                    seed=derive_seed(cfg.seed, "explore", items[i]["key"], j),
+                )
+                for i, j in requests
+            ],
         )
-        outputs = engine.generate([items[i]["prompt"] + p for (i, _), p in zip(requests, prefixes)], params)
-        for (i, j), prefix, completions in zip(requests, prefixes, outputs):
+        for (i, j), completions in zip(requests, outputs):
             # Grade the whole solution (prefix + completion): the answer may already stand in the prefix.
+            prefix = prefix_texts[i][j]
             graded = [{"text": c.text, "correct": task.grade(prefix + c.text, items[i]["answer"])} for c in completions]
             probes[i][j] = graded
             searches[i].record(j, sum(g["correct"] for g in graded))
@@ -95,18 +133,19 @@ def explore_rejected(items: list[dict], engine, task, cfg: ExploreConfig, seed: 
             "key": item["key"],
             "id": item["id"],
             "rejected_idx": item["rejected_idx"],
-            "steps": steps[i],
+            # Step j's text as the tokens cut it: the DPO pair's rejected step, and its prompt's tail.
+            "steps": [texts[j][len(texts[j - 1]) :] for j in range(1, len(texts))],
+            "cuts": cuts[i],
             "probes": [{"step": j, "completions": probes[i][j]} for j in sorted(probes[i])],
             "pit": searches[i].pit,
         }
-        for i, item in enumerate(items)
+        for i, (item, texts) in enumerate(zip(items, prefix_texts))
     ]
 
 
 class ExploreWorker(EngineWorker):
     def process(self, items: list[dict]) -> list[dict]:
-        cfg = self.settings["explore_cfg"]
-        return explore_rejected(items, self.engine, self.task, cfg, cfg.seed + zlib.crc32(items[0]["key"].encode()))
+        return explore_rejected(items, self.engine, self.task, self.settings["explore_cfg"])
 
 
 def rejected_items(pairs: list[dict], answers: dict[str, str], limit: int = 0) -> list[dict]:
@@ -121,30 +160,42 @@ def rejected_items(pairs: list[dict], answers: dict[str, str], limit: int = 0) -
                 "rejected_idx": idx,
                 "prompt": pair["prompt"],
                 "chosen": pair["chosen"],
-                "rejected": pair["rejected"],
+                "rejected_token_ids": pair["rejected_token_ids"],
                 "answer": answers[pair["id"]],
             }
         )
     return items[:limit] if limit else items
 
 
-def build_step_pairs(items: list[dict], results: list[dict]) -> tuple[list[dict], dict]:
+def pit_summary(result: dict) -> dict:
+    """What pairing and the step values need of one explored solution: a few strings, not every completion."""
+    pit = result["pit"]
+    before = [p for p in result["probes"] if pit is not None and p["step"] == pit - 1]
+    return {
+        "key": result["key"],
+        "id": result["id"],
+        "rejected_idx": result["rejected_idx"],
+        "pit": pit,
+        "values": [[p["step"], sum(c["correct"] for c in p["completions"])] for p in result["probes"]],
+        "steps_before_pit": "".join(result["steps"][: pit - 1]) if pit is not None else None,
+        "pit_step": result["steps"][pit - 1] if pit is not None else None,
+        # correct completions from the prefix before the pit, shortest first: the step pair's chosen
+        "candidates": sorted((c["text"] for p in before for c in p["completions"] if c["correct"]), key=len),
+    }
+
+
+def build_step_pairs(items: list[dict], summaries: list[dict]) -> tuple[list[dict], dict]:
     """Step pairs from the pits; per problem, no chosen is used twice and no (prompt, rejected) repeats."""
     pairs, used_chosen, used_rejected = [], set(), set()
     counts = {"no_pit": 0, "no_chosen": 0, "duplicate": 0}
-    for item, result in zip(items, results):
-        pit = result["pit"]
+    for item, summary in zip(items, summaries):
+        pit = summary["pit"]
         if pit is None:  # every prefix can still reach the answer: not a mistake in the explorer's eyes
             counts["no_pit"] += 1
             continue
-        start, end = result["steps"][pit - 1]
-        prompt = item["prompt"] + item["rejected"][:start]
-        rejected = item["rejected"][start:end]
-        if pit == 1:
-            candidates = [item["chosen"]]
-        else:
-            before = next(p for p in result["probes"] if p["step"] == pit - 1)
-            candidates = sorted((c["text"] for c in before["completions"] if c["correct"]), key=len)
+        prompt = item["prompt"] + summary["steps_before_pit"]
+        rejected = summary["pit_step"]
+        candidates = [item["chosen"]] if pit == 1 else summary["candidates"]
         candidates = [c for c in candidates if (item["id"], c) not in used_chosen]
         if not candidates:
             counts["no_chosen"] += 1
@@ -160,17 +211,11 @@ def build_step_pairs(items: list[dict], results: list[dict]) -> tuple[list[dict]
     return pairs, counts
 
 
-def step_values(results: list[dict], k: int) -> list[dict]:
+def step_values(summaries: list[dict], k: int) -> list[dict]:
     return [
-        {
-            "id": r["id"],
-            "rejected_idx": r["rejected_idx"],
-            "step": p["step"],
-            "k": k,
-            "n_correct": sum(c["correct"] for c in p["completions"]),
-        }
-        for r in results
-        for p in r["probes"]
+        {"id": s["id"], "rejected_idx": s["rejected_idx"], "step": step, "k": k, "n_correct": n_correct}
+        for s in summaries
+        for step, n_correct in s["values"]
     ]
 
 
@@ -178,20 +223,18 @@ def run(cfg: RunConfig, run_dir: Path) -> dict:
     out = run_dir / "explore"
     answers = {p["id"]: p["answer"] for p in get_task(cfg.task.name).load("train", cfg.task)}
     items = rejected_items(read_jsonl(run_dir / "sample" / "pairs.jsonl"), answers, cfg.explore.max_rejected)
-    results = run_rollout(
-        items,
-        ExploreWorker,
-        dict(model_dir=str(run_dir / "rft" / "model"), engine_cfg=cfg.engine, task_name=cfg.task.name, explore_cfg=cfg.explore),
-        cfg.engine,
-        out / "probes",
-        key="key",
-        what="rejected solutions explored",
-    )
-    pairs, dropped = build_step_pairs(items, results)
-    values = step_values(results, cfg.explore.k)
+    worker_kwargs = dict(model_dir=str(run_dir / "rft" / "model"), engine_cfg=cfg.engine, task_name=cfg.task.name, explore_cfg=cfg.explore)
+    run_rollout(items, ExploreWorker, worker_kwargs, cfg.engine, out / "probes", key="key", what="rejected solutions explored")
+    # One shard of probes in memory at a time; each solution kept as its summary, in item order.
+    index = {item["key"]: i for i, item in enumerate(items)}
+    summaries: list[dict] = [{}] * len(items)
+    for result in iter_results(out / "probes"):
+        summaries[index[result["key"]]] = pit_summary(result)
+    pairs, dropped = build_step_pairs(items, summaries)
+    values = step_values(summaries, cfg.explore.k)
     write_jsonl(out / "gpairs.jsonl", pairs)
     write_jsonl(out / "step_values.jsonl", values)
-    pits = [r["pit"] for r in results if r["pit"] is not None]
+    pits = [s["pit"] for s in summaries if s["pit"] is not None]
     stats = {
         "rejected": len(items),
         "step_pairs": len(pairs),

@@ -1,7 +1,7 @@
 """`sample`: N solutions per training problem from the SFT model, graded; the RFT set and the outcome pairs.
 
 Outputs in `sample/`:
-- `samples/part-*.jsonl`  one record per problem with its N graded samples (the resume unit)
+- `samples/part-*.jsonl`  one record per problem with its N graded samples and their token ids (the resume unit)
 - `rft.jsonl`             {id, prompt, completion}: distinct correct samples, at most `max_rft_per_problem` each
 - `pairs.jsonl`           outcome pairs D_pair {prompt, chosen, rejected, id, kind: "outcome", pit_step: null}
 - `stats.json`            accuracy per sample, pass@N, counts
@@ -13,29 +13,33 @@ are only complete ones with an answer: truncated or answer-less samples are junk
 from __future__ import annotations
 
 import difflib
-import zlib
 from pathlib import Path
 
 from selfexplore.config import RunConfig
-from selfexplore.engines import SamplingParams
+from selfexplore.engines import SamplingParams, derive_seed
 from selfexplore.io import write_json, write_jsonl
-from selfexplore.rollout import EngineWorker, run_rollout
+from selfexplore.rollout import EngineWorker, iter_results, run_rollout
 from selfexplore.tasks import format_prompt, get_task
 
 
 class SampleWorker(EngineWorker):
     def process(self, problems: list[dict]) -> list[dict]:
         cfg = self.settings["sample_cfg"]
-        params = SamplingParams(
-            n=cfg.n,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            max_tokens=cfg.max_tokens,
-            seed=cfg.seed + zlib.crc32(problems[0]["id"].encode()),
-        )
         prompts = [format_prompt(p["question"]) for p in problems]
+        params = [
+            # Seeded by the problem alone: the same samples with any batch, engine count or resume point.
+            SamplingParams(
+                n=cfg.n,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                max_tokens=cfg.max_tokens,
+                seed=derive_seed(cfg.seed, "sample", p["id"]),
+            )
+            for p in problems
+        ]
+        outputs = self.engine.generate([self.engine.encode(prompt) for prompt in prompts], params)
         results = []
-        for problem, prompt, completions in zip(problems, prompts, self.engine.generate(prompts, params)):
+        for problem, prompt, completions in zip(problems, prompts, outputs):
             samples = [
                 {
                     "id": problem["id"],
@@ -46,6 +50,8 @@ class SampleWorker(EngineWorker):
                     "correct": self.task.grade(c.text, problem["answer"]),
                     "finish_reason": c.finish_reason,
                     "n_tokens": c.n_tokens,
+                    # Exploration continues exactly these tokens (re-tokenising the text can give others).
+                    "token_ids": c.token_ids,
                 }
                 for idx, c in enumerate(completions)
             ]
@@ -66,24 +72,23 @@ def build_rft_set(samples: list[dict], max_per_problem: int) -> list[dict]:
 
 def build_outcome_pairs(samples: list[dict], rft_rows: list[dict]) -> list[dict]:
     """Pair each correct solution with the least similar complete wrong one; each wrong one is used once."""
-    pool, seen = [], set()
+    pool: dict[str, list[int]] = {}  # wrong solution text -> the tokens that produced it, in sample order
     for s in samples:
         text = s["completion"].strip()
         complete = s["finish_reason"] == "stop" and s["pred"] is not None
-        if not s["correct"] and complete and text not in seen:
-            seen.add(text)
-            pool.append(text)
+        if not s["correct"] and complete and text not in pool:
+            pool[text] = s["token_ids"]
     pairs = []
     for row in rft_rows:
         if not pool:
             break
         rejected = min(pool, key=lambda text: difflib.SequenceMatcher(None, row["completion"], text).ratio())
-        pool.remove(rejected)
         pairs.append(
             {
                 "prompt": row["prompt"],
                 "chosen": row["completion"],
                 "rejected": rejected,
+                "rejected_token_ids": pool.pop(rejected),
                 "id": row["id"],
                 "kind": "outcome",
                 "pit_step": None,
@@ -96,39 +101,47 @@ def run(cfg: RunConfig, run_dir: Path) -> dict:
     out = run_dir / "sample"
     problems = get_task(cfg.task.name).load("train", cfg.task)
     problems = problems[: cfg.sample.max_problems or None]
-    results = run_rollout(
-        problems,
-        SampleWorker,
-        dict(model_dir=str(run_dir / "sft" / "model"), engine_cfg=cfg.engine, task_name=cfg.task.name, sample_cfg=cfg.sample),
-        cfg.engine,
-        out / "samples",
-        key="id",
-        what="problems sampled",
-    )
-    rft_rows, pairs = [], []
-    for result in results:
+    worker_kwargs = dict(model_dir=str(run_dir / "sft" / "model"), engine_cfg=cfg.engine, task_name=cfg.task.name, sample_cfg=cfg.sample)
+    run_rollout(problems, SampleWorker, worker_kwargs, cfg.engine, out / "samples", key="id", what="problems sampled")
+    # One problem's samples in memory at a time; the selections are small and written in problem order.
+    order = {p["id"]: i for i, p in enumerate(problems)}
+    per_problem, stats = {}, SampleStats()
+    for result in iter_results(out / "samples"):
         problem_rft = build_rft_set(result["samples"], cfg.sample.max_rft_per_problem)
-        rft_rows += problem_rft
-        pairs += build_outcome_pairs(result["samples"], problem_rft)
+        per_problem[order[result["id"]]] = (problem_rft, build_outcome_pairs(result["samples"], problem_rft))
+        stats.add(result["samples"])
+    rft_rows = [row for i in sorted(per_problem) for row in per_problem[i][0]]
+    pairs = [pair for i in sorted(per_problem) for pair in per_problem[i][1]]
     write_jsonl(out / "rft.jsonl", rft_rows)
     write_jsonl(out / "pairs.jsonl", pairs)
-    stats = sample_stats(results, rft_rows, pairs)
-    write_json(out / "stats.json", stats)
-    return stats
+    summary = stats.summary(rft_rows, pairs)
+    write_json(out / "stats.json", summary)
+    return summary
 
 
-def sample_stats(results: list[dict], rft_rows: list[dict], pairs: list[dict]) -> dict:
-    samples = [s for r in results for s in r["samples"]]
-    solved = sum(any(s["correct"] for s in r["samples"]) for r in results)
-    return {
-        "problems": len(results),
-        "samples": len(samples),
-        "sample_accuracy": sum(s["correct"] for s in samples) / max(1, len(samples)),
-        "pass_at_n": solved / max(1, len(results)),
-        "problems_without_correct": len(results) - solved,
-        "truncated_samples": sum(s["finish_reason"] == "length" for s in samples),
-        "generated_tokens": sum(s["n_tokens"] for s in samples),
-        "rft_rows": len(rft_rows),
-        "outcome_pairs": len(pairs),
-    }
+class SampleStats:
+    """Counts over the samples, gathered one problem at a time."""
 
+    def __init__(self):
+        self.problems = self.samples = self.correct = self.solved = self.truncated = self.tokens = 0
+
+    def add(self, samples: list[dict]) -> None:
+        self.problems += 1
+        self.samples += len(samples)
+        self.correct += sum(s["correct"] for s in samples)
+        self.solved += any(s["correct"] for s in samples)
+        self.truncated += sum(s["finish_reason"] == "length" for s in samples)
+        self.tokens += sum(s["n_tokens"] for s in samples)
+
+    def summary(self, rft_rows: list[dict], pairs: list[dict]) -> dict:
+        return {
+            "problems": self.problems,
+            "samples": self.samples,
+            "sample_accuracy": self.correct / max(1, self.samples),
+            "pass_at_n": self.solved / max(1, self.problems),
+            "problems_without_correct": self.problems - self.solved,
+            "truncated_samples": self.truncated,
+            "generated_tokens": self.tokens,
+            "rft_rows": len(rft_rows),
+            "outcome_pairs": len(pairs),
+        }
