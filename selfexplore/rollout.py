@@ -21,6 +21,7 @@ from __future__ import annotations
 import abc
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,12 +137,15 @@ def engine_resources(cfg: EngineConfig) -> dict:
     return {"num_gpus": 0, "ray_remote_args_fn": placement}
 
 
+ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception): \S")
+
+
 def root_cause(error: BaseException) -> str:
-    """The last line of the innermost error Ray reports: what the user can act on, without the tracebacks."""
-    while getattr(error, "cause", None) is not None and error.cause is not error:
-        error = error.cause
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
+    """The first `SomeError: message` line of the traceback Ray carries over from the actor (the engine's own
+    error, before Ray Data's wrappers): what the user can act on, without the tracebacks."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    causes = [line for line in lines if ERROR_LINE.match(line) and not line.startswith("ray.")]
+    return causes[0] if causes else next((line for line in reversed(lines) if line), type(error).__name__)
 
 
 class Progress:
