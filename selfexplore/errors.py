@@ -1,5 +1,7 @@
 """Errors a user can act on. The CLI prints them as one line (what, where, what to do) and exits with code 2."""
 
+import re
+
 
 class ConfigError(ValueError):
     """A configuration the user must fix; the message names the key or file."""
@@ -15,3 +17,14 @@ class StageError(RuntimeError):
 
 class ModelLoadError(ValueError):
     """A model directory an engine cannot load; the message names the directory and the reason."""
+
+
+ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception): \S")
+
+
+def root_cause(error: BaseException) -> str:
+    """The first `SomeError: message` line of the traceback Ray carries over from the actor (the engine's own
+    error, before Ray Data's wrappers): what the user can act on, without the tracebacks."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    causes = [line for line in lines if ERROR_LINE.match(line) and not line.startswith("ray.")]
+    return causes[0] if causes else next((line for line in reversed(lines) if line), type(error).__name__)

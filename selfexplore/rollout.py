@@ -21,7 +21,6 @@ from __future__ import annotations
 import abc
 import json
 import os
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +28,7 @@ from pathlib import Path
 import ray
 
 from selfexplore.config import EngineConfig
-from selfexplore.errors import StageError
+from selfexplore.errors import StageError, root_cause
 from selfexplore.io import read_jsonl, write_jsonl
 
 class EngineWorker(abc.ABC):
@@ -135,17 +134,6 @@ def engine_resources(cfg: EngineConfig) -> dict:
         return {"scheduling_strategy": PlacementGroupSchedulingStrategy(group, placement_group_capture_child_tasks=True)}
 
     return {"num_gpus": 0, "ray_remote_args_fn": placement}
-
-
-ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception): \S")
-
-
-def root_cause(error: BaseException) -> str:
-    """The first `SomeError: message` line of the traceback Ray carries over from the actor (the engine's own
-    error, before Ray Data's wrappers): what the user can act on, without the tracebacks."""
-    lines = [line.strip() for line in str(error).splitlines()]
-    causes = [line for line in lines if ERROR_LINE.match(line) and not line.startswith("ray.")]
-    return causes[0] if causes else next((line for line in reversed(lines) if line), type(error).__name__)
 
 
 class Progress:

@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray.serve.metrics import Counter, Histogram
 
 from selfexplore.engines import Completion, SamplingParams
-from selfexplore.rollout import root_cause
+from selfexplore.errors import root_cause
 from selfexplore.tasks import TASKS, format_prompt, get_task
 from serving.engine import Delta
 from serving.protocol import ApiError, ChatRequest, CompletionRequest, SamplingFields, SolveRequest, parse_body

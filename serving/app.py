@@ -20,7 +20,7 @@ from ray.serve.handle import DeploymentHandle
 
 from selfexplore.config import from_dict
 from selfexplore.engines import Completion, SamplingParams
-from serving.engine import BatchedEngine, Delta
+from serving.engine import Delta, HFEngineDeployment
 from serving.settings import ServeSettings, check_settings, resolve_api_key, resolve_model
 from serving.vllm_engine import VLLMEngineDeployment
 
@@ -107,7 +107,7 @@ def engine_deployment(settings: ServeSettings, model_dir: str) -> Application:
     }
     if settings.engine.backend == "vllm":
         return VLLMEngineDeployment.options(**options).bind(model_dir, settings.engine)
-    return BatchedEngine.options(**options).bind(
+    return HFEngineDeployment.options(**options).bind(
         model_dir, settings.engine, batching.max_batch_size, batching.batch_wait_timeout_s
     )
 

@@ -5,7 +5,7 @@ Both deployments answer the same two calls, for one prompt (token ids) and its s
 - `stream(request_id, prompt, params)`: an async generator of `list[Delta]`, the new output of the prompt's
   completions as it is generated (called through `handle.options(stream=True)`).
 
-`BatchedEngine` (the `hf` backend) gathers the requests that arrive while the engine is busy into one
+`HFEngineDeployment` (the `hf` backend) gathers the requests that arrive while the engine is busy into one
 `engine.generate` call (`@serve.batch`): static batches, so a streamed completion arrives as one chunk when done.
 `VLLMEngineDeployment` (the `vllm` backend, `serving.vllm_engine`) batches continuously and streams each token.
 """
@@ -41,7 +41,7 @@ def generated_tokens_counter() -> Counter:
 
 
 @serve.deployment
-class BatchedEngine:
+class HFEngineDeployment:
     def __init__(self, model_dir: str, engine: EngineConfig, max_batch_size: int, batch_wait_timeout_s: float):
         self.engine = load_engine(model_dir, engine)
         self._generate_batch.set_max_batch_size(max_batch_size)

