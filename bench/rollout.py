@@ -100,7 +100,6 @@ def ours(model_dir: str, engine_cfg: EngineConfig, problems: list[dict], cfg: Sa
         "generate_s": round(end - ready, 2),
         "tokens": tokens,
         "tokens_per_s": round(tokens / (end - ready), 1),
-        "rows_per_batch": engine_cfg.rows_per_batch,
     }
 
 
@@ -111,7 +110,7 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=256)
     parser.add_argument("--n", type=int, default=8, help="samples per problem")
     parser.add_argument("--max-tokens", type=int, default=80)
-    parser.add_argument("--rows-per-batch", type=int, default=32, help="problems per engine call in ours")
+    parser.add_argument("--rows-per-batch", default="32,128", help="problems per engine call in ours (comma-separated: one run each)")
     parser.add_argument("--max-num-seqs", type=int, default=256, help="vllm: sequences decoded at once")
     parser.add_argument("--out", default="")
     args = parser.parse_args()
@@ -124,10 +123,14 @@ def main() -> None:
     cfg = SampleConfig(n=args.n, temperature=0.7, max_tokens=args.max_tokens)
     results = {}
     for backend in args.backends.split(","):
-        engine_cfg = EngineConfig(backend=backend, num_engines=1, rows_per_batch=args.rows_per_batch, dtype="float32", max_batch_sequences=256)
+        engine_cfg = EngineConfig(backend=backend, num_engines=1, dtype="float32", max_batch_sequences=256)
         engine_cfg.vllm.max_num_seqs = args.max_num_seqs
-        results[backend] = {"plain": plain(model_dir, engine_cfg, problems, cfg), "ours": ours(model_dir, engine_cfg, problems, cfg)}
-        results[backend]["ours_over_plain"] = round(results[backend]["ours"]["tokens_per_s"] / results[backend]["plain"]["tokens_per_s"], 3)
+        results[backend] = {"plain": plain(model_dir, engine_cfg, problems, cfg)}
+        for rows_per_batch in map(int, args.rows_per_batch.split(",")):
+            engine_cfg.rows_per_batch = rows_per_batch
+            run = ours(model_dir, engine_cfg, problems, cfg)
+            run["ours_over_plain"] = round(run["tokens_per_s"] / results[backend]["plain"]["tokens_per_s"], 3)
+            results[backend][f"ours_rows_per_batch_{rows_per_batch}"] = run
         print(backend, json.dumps(results[backend]), flush=True)
     shutil.rmtree(work)
     report = {

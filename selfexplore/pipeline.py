@@ -25,6 +25,7 @@ from selfexplore.stages import base, dpo, explore, rft, sample, sft
 from selfexplore.stages import eval as eval_stage
 from selfexplore.tasks import get_task
 
+
 def generation(c: RunConfig) -> tuple:
     """The engine settings that change what a rollout generates (engine count and batch size do not)."""
     return (c.engine.backend, c.engine.dtype)

@@ -94,8 +94,8 @@ class SeededSampling(LogitsProcessor):
     """
 
     def __init__(self, seeds: list[int], temperature: float, top_p: float):
-        self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
-        self.temperature, self.top_p = temperature, top_p
+        self.seeds, self.temperature, self.top_p = seeds, temperature, top_p
+        self.generators: list[torch.Generator] = []  # made at the first step, on the logits' device
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         scores = scores.float() / self.temperature
@@ -104,8 +104,10 @@ class SeededSampling(LogitsProcessor):
             # Drop a token when the tokens more likely than it already hold top_p of the mass.
             drop_sorted = probs.cumsum(-1) - probs >= self.top_p
             scores = scores.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+        if not self.generators:
+            self.generators = [torch.Generator(scores.device).manual_seed(seed) for seed in self.seeds]
         vocab = scores.shape[-1]
-        uniform = torch.stack([torch.rand(vocab, generator=g) for g in self.generators]).to(scores.device)
+        uniform = torch.stack([torch.rand(vocab, generator=g, device=scores.device) for g in self.generators])
         gumbel = -torch.log(-torch.log(uniform.clamp(1e-10, 1.0 - 1e-7)))
         return scores + gumbel
 
