@@ -102,11 +102,14 @@ def cmd_stage(args) -> int:
 
 def cmd_eval(args) -> int:
     if args.run:
+        import dataclasses
         from pathlib import Path
 
         from selfexplore.pipeline import write_report
 
-        cfg = load_config(Path(args.run) / "config.yaml")
+        run_dir = Path(args.run)
+        # The run is where it lies now, whatever output_dir said when it ran (it may have been moved or copied).
+        cfg = dataclasses.replace(load_config(run_dir / "config.yaml"), output_dir=str(run_dir.parent), name=run_dir.name)
         print(write_report(cfg, wall_s=0.0))
         return 0
     if not (args.endpoint and args.task and args.data):

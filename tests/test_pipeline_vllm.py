@@ -19,20 +19,7 @@ from selfexplore.io import read_jsonl
 from selfexplore.tasks import format_prompt
 
 REPO = Path(__file__).resolve().parents[1]
-QUICK = [
-    "task.arith.n_train=400",
-    "task.arith.n_test=40",
-    "task.arith.max_ops=2",
-    "sft.max_steps=60",
-    "sample.n=4",
-    "sample.max_problems=64",
-    "rft.max_steps=40",
-    "rft.include_gold=true",
-    "explore.max_rejected=40",
-    "dpo.epochs=1",
-    "engine.num_engines=1",
-    "engine.backend=vllm",
-]
+VLLM = ["engine.backend=vllm"]
 
 
 def selfexplore(*args: str) -> subprocess.CompletedProcess:
@@ -46,9 +33,9 @@ def samples_by_problem(run_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def vllm_run(tmp_path_factory, vllm_installed):
+def vllm_run(tmp_path_factory, vllm_installed, quick_overrides):
     out = tmp_path_factory.mktemp("runs")
-    done = selfexplore("run", "configs/tiny.yaml", "name=vllm", f"output_dir={out}", *QUICK)
+    done = selfexplore("run", "configs/tiny.yaml", "name=vllm", f"output_dir={out}", *quick_overrides, *VLLM)
     assert done.returncode == 0, done.stderr[-3000:]
     return out / "vllm", done.stdout
 
@@ -71,13 +58,13 @@ def test_vllm_eval_equals_hf_greedy_on_the_same_model(vllm_run):
     assert [r["completion"] for r in rows] == [out[0].text for out in outputs]
 
 
-def test_sampling_again_with_other_batches_gives_the_same_samples(vllm_run, tmp_path):
+def test_sampling_again_with_other_batches_gives_the_same_samples(vllm_run, tmp_path, quick_overrides):
     run_dir, _ = vllm_run
     again = tmp_path / "vllm"
     for stage in ("base", "sft"):
         shutil.copytree(run_dir / stage, again / stage)
     shutil.copy(run_dir / "config.yaml", again / "config.yaml")
-    done = selfexplore("stage", "sample", "configs/tiny.yaml", "name=vllm", f"output_dir={tmp_path}", *QUICK, "engine.rows_per_batch=7")
+    done = selfexplore("stage", "sample", "configs/tiny.yaml", "name=vllm", f"output_dir={tmp_path}", *quick_overrides, *VLLM, "engine.rows_per_batch=7")
     assert done.returncode == 0, done.stderr[-3000:]
     assert samples_by_problem(again) == samples_by_problem(run_dir)
     assert (again / "sample" / "pairs.jsonl").read_text() == (run_dir / "sample" / "pairs.jsonl").read_text()

