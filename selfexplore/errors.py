@@ -20,11 +20,14 @@ class ModelLoadError(ValueError):
 
 
 ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception): \S")
+PYDANTIC_LINE = re.compile(r"^Value error, (.*?)(?: \[type=.*)?$")
 
 
 def root_cause(error: BaseException) -> str:
     """The first `SomeError: message` line of the traceback Ray carries over from the actor (the engine's own
-    error, before Ray Data's wrappers): what the user can act on, without the tracebacks."""
+    error, before Ray Data's wrappers), or the reason of a pydantic validation error (vLLM's config classes), or
+    else the message's first line: what the user can act on, without the tracebacks."""
     lines = [line.strip() for line in str(error).splitlines()]
-    causes = [line for line in lines if ERROR_LINE.match(line) and not line.startswith("ray.")]
-    return causes[0] if causes else next((line for line in reversed(lines) if line), type(error).__name__)
+    reasons = [m.group(1) for line in lines if (m := PYDANTIC_LINE.match(line))]
+    causes = reasons or [line for line in lines if ERROR_LINE.match(line) and not line.startswith("ray.")]
+    return causes[0] if causes else next((line for line in lines if line), type(error).__name__)

@@ -27,8 +27,10 @@ from selfexplore.tasks import get_task
 
 
 def generation(c: RunConfig) -> tuple:
-    """The engine settings that change what a rollout generates (engine count and batch size do not)."""
-    return (c.engine.backend, c.engine.dtype)
+    """The engine settings that change what a rollout generates: backend, dtype and device. Engine count, batch
+    size and vLLM's scheduling settings do not (per-row seeds); `tensor_parallel_size` changes only the summation
+    order of the kernels, which no engine promises to keep anyway (docs/engines.md)."""
+    return (c.engine.backend, c.engine.dtype, c.engine.num_gpus > 0)
 
 
 # name -> (run function, stages it reads, config sections that decide its output)
@@ -78,22 +80,22 @@ def run_stage(cfg: RunConfig, name: str) -> dict:
     if manifest and manifest["fingerprint"] == fp:
         print(f"[{name}] up to date ({manifest['wall_s']:.0f}s when it ran), skipping", flush=True)
         return manifest
-    stage_dir = run_dir / name
-    started = read_json(stage_dir / "started.json") if (stage_dir / "started.json").is_file() else None
-    if manifest or (started and started["fingerprint"] != fp):
-        # Made under another config or other inputs: never reuse any of it.
-        print(f"[{name}] config or inputs changed since it {'ran' if manifest else 'was cut off'}; starting over", flush=True)
-        shutil.rmtree(stage_dir)
-    elif started:
-        print(f"[{name}] resuming the run cut off at {started['started_at']}", flush=True)
     run, needs, sections = STAGES[name]
     for need in needs:
         upstream = read_manifest(run_dir, need)
         if not upstream or upstream["fingerprint"] != stage_fingerprint(cfg, need):
             raise StageError(f"stage {name} needs stage {need} to be finished first: run `selfexplore run` or `selfexplore stage {need}`")
+    stage_dir = run_dir / name
+    started = read_json(stage_dir / "started.json") if (stage_dir / "started.json").is_file() else None
+    if started and started["fingerprint"] == fp and not manifest:
+        print(f"[{name}] resuming the run cut off at {started['started_at']}", flush=True)
+    elif stage_dir.exists():
+        # Made under another config or other inputs, or by nobody we know of: never reuse any of it.
+        print(f"[{name}] {stage_dir} holds work from another config or inputs; starting over", flush=True)
+        discard(stage_dir)
     print(f"[{name}] running", flush=True)
     init_ray(cfg)
-    if not (stage_dir / "started.json").is_file():
+    if not started or started["fingerprint"] != fp:
         write_json(stage_dir / "started.json", {"fingerprint": fp, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     start = time.time()
     metrics = run(cfg, run_dir)
@@ -109,6 +111,13 @@ def run_stage(cfg: RunConfig, name: str) -> dict:
     write_json(stage_dir / "manifest.json", manifest)
     print(f"[{name}] done in {manifest['wall_s']:.0f}s", flush=True)
     return manifest
+
+
+def discard(stage_dir: Path) -> None:
+    """Remove a stage directory in one step (a rename), then delete it: a crash never leaves half of it behind."""
+    trash = stage_dir.with_name(f".{stage_dir.name}.discarded-{os.getpid()}")
+    stage_dir.rename(trash)
+    shutil.rmtree(trash)
 
 
 def check_inputs(cfg: RunConfig) -> None:

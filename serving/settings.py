@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from selfexplore.config import EngineConfig, load_config
-from selfexplore.errors import ConfigError
+from selfexplore.errors import ConfigError, ModelLoadError, root_cause
 from selfexplore.tasks import TASKS
 
 API_KEY_ENV = "SELFEXPLORE_API_KEY"
@@ -121,6 +121,7 @@ def resolve_model(path: str | Path) -> ResolvedModel:
                 f"{path}: neither an HF model directory (no config.json) nor a run directory with a trained model "
                 f"(looked for {', '.join(f'{s}/model' for s in STAGES_BEST_FIRST)})"
             )
+    check_loadable(model_dir)
     # A model inside a run (`runs/NAME/STAGE/model`) is named after the run and stage and knows its task.
     run_dir = model_dir.parent.parent
     in_run = model_dir.name == "model" and model_dir.parent.name in STAGES_BEST_FIRST
@@ -129,6 +130,17 @@ def resolve_model(path: str | Path) -> ResolvedModel:
         task = load_config(run_dir / "config.yaml").task.name
     name = f"{run_dir.resolve().name}-{model_dir.parent.name}" if in_run else model_dir.resolve().name
     return ResolvedModel(model_dir=str(model_dir.resolve()), name=name, task=task)
+
+
+def check_loadable(model_dir: Path) -> None:
+    """Fail here, in one line naming the directory, rather than in a replica's traceback after Ray started."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        AutoConfig.from_pretrained(model_dir)
+        AutoTokenizer.from_pretrained(model_dir)
+    except Exception as e:  # noqa: BLE001 - transformers raises many kinds; the user needs the reason
+        raise ModelLoadError(f"cannot load the model in {model_dir}: {root_cause(e)}") from None
 
 
 def resolve_api_key(api_key: str) -> str:

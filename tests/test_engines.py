@@ -84,6 +84,7 @@ def test_a_directory_vllm_cannot_load_is_one_line_naming_it(tmp_path, vllm_insta
     with pytest.raises(ModelLoadError, match=str(tmp_path)) as error:
         load_engine(str(tmp_path), EngineConfig(backend="vllm"))
     assert "\n" not in str(error.value)
+    assert "no-such-architecture" in str(error.value)  # vLLM's reason, not a link to pydantic's docs
 
 
 def test_vllm_backend_without_vllm_names_the_install(monkeypatch):
@@ -94,3 +95,33 @@ def test_vllm_backend_without_vllm_names_the_install(monkeypatch):
     cfg = load_config("configs/tiny.yaml", ["engine.backend=vllm"])
     with pytest.raises(ConfigError, match=r"pip install -e \.\[vllm\].*make install"):
         check_backend(cfg.engine)
+
+
+def test_vllm_outputs_lose_the_token_that_ended_them_but_keep_stop_strings():
+    from types import SimpleNamespace
+
+    from selfexplore.engines.vllm import generated
+
+    def output(finish_reason, stop_reason=None):
+        return SimpleNamespace(token_ids=[5, 6, 2], finish_reason=finish_reason, stop_reason=stop_reason)
+
+    assert generated(output("stop")) == ([5, 6], "stop")  # end of sequence
+    assert generated(output("stop", stop_reason=2)) == ([5, 6], "stop")  # a stop token
+    assert generated(output("stop", stop_reason="\n\n")) == ([5, 6, 2], "stop")  # a stop string keeps its tokens
+    assert generated(output("length")) == ([5, 6, 2], "length")
+    assert generated(output(None)) == ([5, 6, 2], None)  # still running (a streamed step)
+
+
+def test_seeded_sampling_draws_from_the_tempered_nucleus():
+    from selfexplore.engines.hf import SeededSampling
+
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -3.0]])
+    draws = 4000
+    noised = SeededSampling(list(range(draws)), temperature=0.7, top_p=1.0)(None, logits.repeat(draws, 1))
+    frequencies = torch.bincount(noised.argmax(-1), minlength=5).float() / draws
+    expected = (logits[0] / 0.7).softmax(-1)
+    assert torch.allclose(frequencies, expected, atol=0.03)  # binomial sd at 4,000 draws is at most 0.008
+    # top_p: tokens outside the smallest set holding 90% of the mass are never drawn
+    nucleus = SeededSampling(list(range(draws)), temperature=0.7, top_p=0.9)(None, logits.repeat(draws, 1)).argmax(-1)
+    kept = int((expected.cumsum(-1) < 0.9).sum()) + 1
+    assert set(nucleus.tolist()) == set(range(kept))

@@ -67,7 +67,7 @@ def test_first_pit_is_the_first_wrong_step(strategy):
         assert sorted(values) == [1, 2]  # stops at the pit: steps 3 and 4 are never probed
 
     pairs, dropped = build_step_pairs([item()], [pit_summary(result)])
-    assert dropped == {"no_pit": 0, "no_chosen": 0, "duplicate": 0}
+    assert dropped == {"no_pit": 0, "no_chosen": 0, "duplicate": 0, "empty_step": 0}
     (pair,) = pairs
     assert pair["prompt"] == PROMPT + "1 + 2 = 3\n"
     assert pair["rejected"] == "3 + 4 = 8\n"

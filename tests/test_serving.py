@@ -36,7 +36,7 @@ import yaml
 from selfexplore.config import EngineConfig, RunConfig, TaskConfig, TinyModelConfig, VLLMConfig, dump_yaml, from_dict
 from selfexplore.engines import Completion, SamplingParams
 from selfexplore.engines.hf import HFEngine
-from selfexplore.errors import ConfigError
+from selfexplore.errors import ConfigError, ModelLoadError
 from selfexplore.http_eval import evaluate_endpoint
 from selfexplore.io import read_jsonl, write_jsonl
 from selfexplore.models import build_char_tokenizer, build_tiny_model
@@ -458,3 +458,10 @@ def test_ctrl_c_stops_the_server(server):
     """Last: stops the module's server, as a user would."""
     server.process.send_signal(signal.SIGINT)
     assert server.process.wait(timeout=90) == 0, "".join(server.output)
+
+
+def test_a_model_directory_that_cannot_load_is_one_line_before_ray_starts(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    with pytest.raises(ModelLoadError, match=f"cannot load the model in {tmp_path}: .*no-such-architecture") as error:
+        resolve_model(tmp_path)
+    assert "\n" not in str(error.value)

