@@ -384,9 +384,10 @@ def test_refuses_to_listen_beyond_loopback_without_a_key(capsys, monkeypatch):
 
 
 def test_a_run_directory_serves_its_best_model(tmp_path):
-    for stage in ("sft", "rft", "dpo-step"):
+    for stage in ("sft", "rft"):
         (tmp_path / "myrun" / stage / "model").mkdir(parents=True)
         (tmp_path / "myrun" / stage / "model" / "config.json").write_text("{}")
+    build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tmp_path / "myrun" / "dpo-step" / "model")
     (tmp_path / "myrun" / "config.yaml").write_text(dump_yaml(RunConfig()))
     model = resolve_model(tmp_path / "myrun")
     assert (Path(model.model_dir).parent.name, model.name, model.task) == ("dpo-step", "myrun-dpo-step", "arith")
