@@ -63,15 +63,14 @@ def plain(model_dir: str, engine_cfg: EngineConfig, problems: list[dict], cfg: S
     ready = time.time()
     prompts = [engine.encode(format_prompt(p["question"])) for p in problems]
     seeds = [derive_seed(cfg.seed, "sample", p["id"]) for p in problems]
+    params = [SamplingParams(n=cfg.n, temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=s) for s in seeds]
     if engine_cfg.backend == "vllm":
-        import vllm
+        from selfexplore.engines.vllm import generated, vllm_sampling
 
-        params = [vllm.SamplingParams(n=cfg.n, temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=s) for s in seeds]
-        outputs = engine.llm.generate([{"prompt_token_ids": ids} for ids in prompts], params, use_tqdm=False)
-        # vLLM counts the end-of-sequence token in token_ids; ours drops it: count alike.
-        tokens = sum(len(o.token_ids) - (o.finish_reason == "stop") for out in outputs for o in out.outputs)
+        sampling = [vllm_sampling(p) for p in params]
+        outputs = engine.llm.generate([{"prompt_token_ids": ids} for ids in prompts], sampling, use_tqdm=False)
+        tokens = sum(len(generated(o)[0]) for out in outputs for o in out.outputs)
     else:
-        params = [SamplingParams(n=cfg.n, temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=s) for s in seeds]
         tokens = sum(c.n_tokens for out in engine.generate(prompts, params) for c in out)
     end = time.time()
     del engine

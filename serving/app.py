@@ -10,9 +10,8 @@ batches with `hf` (`serving.engine`), continuous batching and token streaming wi
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from collections.abc import AsyncIterator, Awaitable
+from dataclasses import replace
 
 from ray import serve
 from ray.serve import Application
@@ -20,6 +19,7 @@ from ray.serve.handle import DeploymentHandle
 
 from selfexplore.config import from_dict
 from selfexplore.engines import Completion, SamplingParams
+from selfexplore.engines.vllm import worker_bundles
 from serving.engine import Delta, HFEngineDeployment
 from serving.settings import ServeSettings, check_settings, resolve_api_key, resolve_model
 from serving.vllm_engine import VLLMEngineDeployment
@@ -113,17 +113,11 @@ def engine_deployment(settings: ServeSettings, model_dir: str) -> Application:
 
 
 def engine_placement(settings: ServeSettings) -> tuple[float, dict]:
-    """GPUs of one engine replica's actor, and the placement group options of the replica (if any).
-
-    A vLLM engine with tensor parallelism runs its workers as Ray actors: the replica takes no GPU itself and
-    reserves a placement group of one GPU bundle per worker (its own CPUs go in the first, next to worker 0),
-    which vLLM's Ray executor fills.
-    """
-    engine = settings.engine
-    tp = engine.vllm.tensor_parallel_size if engine.backend == "vllm" else 1
-    if tp == 1:
-        return engine.num_gpus, {}
-    bundles = [{"CPU": settings.scaling.engine_cpus, "GPU": 1}] + [{"GPU": 1}] * (tp - 1)
+    """GPUs of one engine replica's actor, and the placement group options of the replica (if any): see
+    `selfexplore.engines.vllm.worker_bundles`."""
+    bundles = worker_bundles(settings.engine, settings.scaling.engine_cpus)
+    if bundles is None:
+        return settings.engine.num_gpus, {}
     return 0, {"placement_group_bundles": bundles, "placement_group_strategy": "PACK"}
 
 

