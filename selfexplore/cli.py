@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def stage_names():
-    from selfexplore.pipeline import STAGES
+    from selfexplore.run_dir import STAGES
 
     return STAGES.keys()
 
@@ -102,15 +102,10 @@ def cmd_stage(args) -> int:
 
 def cmd_eval(args) -> int:
     if args.run:
-        import dataclasses
-        from pathlib import Path
+        from selfexplore.report import write_report
+        from selfexplore.run_dir import RunDir
 
-        from selfexplore.pipeline import write_report
-
-        run_dir = Path(args.run)
-        # The run is where it lies now, whatever output_dir said when it ran (it may have been moved or copied).
-        cfg = dataclasses.replace(load_config(run_dir / "config.yaml"), output_dir=str(run_dir.parent), name=run_dir.name)
-        print(write_report(cfg, wall_s=0.0))
+        print(write_report(*RunDir.open(args.run)))
         return 0
     if not (args.endpoint and args.task and args.data):
         raise ConfigError("eval needs --run RUN_DIR, or --endpoint URL --task TASK --data PATH")

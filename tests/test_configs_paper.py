@@ -25,7 +25,7 @@ def test_paper_settings(task, model):
     assert (cfg.name, cfg.task.name, cfg.model.path) == (f"{task}-{model}", task, MODELS[model])
     sample = cfg.sample
     assert (sample.n, sample.temperature, sample.top_p, sample.max_tokens) == (100, 0.7, 1.0, max_tokens)
-    assert sample.max_rft_per_problem == 8
+    assert cfg.select.max_rft_per_problem == 8
     assert (cfg.explore.k, cfg.explore.temperature, cfg.explore.max_tokens, cfg.explore.strategy) == (
         4, 0.7, max_tokens, "linear")
     assert cfg.eval.max_tokens == max_tokens

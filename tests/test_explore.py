@@ -3,12 +3,22 @@
 Runs on: CPU, no Ray (the search is a pure function of the engine's answers).
 """
 
+import itertools
+
 import pytest
 
 from selfexplore.config import ExploreConfig
 from selfexplore.engines import Completion
 from selfexplore.models import build_char_tokenizer
-from selfexplore.stages.explore import PitSearch, build_step_pairs, explore_rejected, pit_summary, rejected_items, step_values
+from selfexplore.stages.explore import (
+    PitSearch,
+    build_step_pairs,
+    explore_rejected,
+    pit_summary,
+    rejected_items,
+    step_cuts,
+    step_values,
+)
 from selfexplore.tasks import get_task
 
 TASK = get_task("arith")
@@ -26,6 +36,7 @@ class ScriptedEngine:
     """
 
     tokenizer = build_char_tokenizer()
+    prompt = PROMPT
 
     def __init__(self, pit_marker="3 + 4 = 8"):
         self.pit_marker = pit_marker
@@ -37,17 +48,20 @@ class ScriptedEngine:
     def generate(self, prompts, params):
         texts_in = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in prompts]
         self.calls.append(texts_in)
-        outputs = []
-        for prompt, p in zip(texts_in, params):
-            solution = prompt[len(PROMPT) :]
-            if self.pit_marker and self.pit_marker in solution:
-                texts = ["The answer is 7"] * p.n
-            else:
-                rest = CHOSEN[len(solution) :]
-                # One long correct continuation, one short one, the others wrong.
-                texts = [rest + "\nThe answer is 6", rest] + ["The answer is 9"] * (p.n - 2)
-            outputs.append([Completion(text=t, token_ids=self.encode(t)[1:], finish_reason="stop") for t in texts])
-        return outputs
+        return [
+            [
+                Completion(text=t, token_ids=self.encode(t)[1:], finish_reason="stop")
+                for t in self.continuations(prompt[len(self.prompt) :], p.n)
+            ]
+            for prompt, p in zip(texts_in, params)
+        ]
+
+    def continuations(self, solution: str, n: int) -> list[str]:
+        if self.pit_marker and self.pit_marker in solution:
+            return ["The answer is 7"] * n
+        rest = CHOSEN[len(solution) :]
+        # One long correct continuation, one short one, the others wrong.
+        return [rest + "\nThe answer is 6", rest] + ["The answer is 9"] * (n - 2)
 
 
 def item(key="p0/0", rejected=REJECTED, chosen=CHOSEN):
@@ -76,19 +90,67 @@ def test_first_pit_is_the_first_wrong_step(strategy):
     assert pair["kind"] == "step" and pair["pit_step"] == 2
 
 
-def test_binary_search_probes_fewer_steps_on_long_solutions():
-    steps = [f"{i} + 1 = {i + 1}\n" for i in range(1, 16)]
-    long_rejected = "".join(steps[:12]) + "13 + 1 = 99\n" + "The answer is 99"
-    marker = "13 + 1 = 99"
-    results = {}
-    for strategy in ("linear", "binary"):
-        search = PitSearch(n_steps=14, strategy=strategy)
-        while (j := search.next_step()) is not None:
-            prefix = long_rejected[: sum(len(s) for s in (long_rejected.splitlines(keepends=True))[:j])]
-            search.record(j, 0 if marker in prefix else 3)
-        results[strategy] = (search.pit, len(search.values))
-    assert results["linear"] == (13, 13)
-    assert results["binary"][0] == 13 and results["binary"][1] <= 5
+def search(values: list[int], strategy: str, last_known: bool = False) -> tuple[int | None, int]:
+    """Run a pit search against fixed values (values[j - 1] for step j): (pit, number of probes)."""
+    pit_search, probes = PitSearch(len(values), strategy), 0
+    if last_known:  # as `explore` does: the whole solution's value is its grade, not a probe
+        pit_search.record(len(values), values[-1])
+    while (j := pit_search.next_step()) is not None:
+        assert j not in pit_search.values  # never probes a step twice
+        pit_search.record(j, values[j - 1])
+        probes += 1
+    pit = pit_search.pit
+    assert pit is None or pit == 1 or pit - 1 in pit_search.values  # the chosen's prefix was probed
+    return pit, probes
+
+
+def local_pits(values: list[int]) -> list[int]:
+    """Steps with value 0 whose previous step has value > 0 (or step 1)."""
+    return [j for j in range(1, len(values) + 1) if values[j - 1] == 0 and (j == 1 or values[j - 2] > 0)]
+
+
+@pytest.mark.parametrize(
+    "values, linear, binary",
+    [
+        ([0, 3, 3], 1, 1),  # last step positive: binary scans
+        ([2, 0, 2, 2, 2], 2, 2),
+        ([2, 2, 0, 0, 0], 3, 3),
+        ([2, 2, 2], None, None),
+        ([0, 2, 0, 0], 1, 3),  # two pits in noisy values: binary's has a probed positive step before it
+    ],
+)
+def test_pit_search_cases(values, linear, binary):
+    assert search(values, "linear")[0] == linear and search(values, "binary")[0] == binary
+
+
+def test_binary_finds_a_pit_exactly_when_linear_does_and_the_same_one_when_there_is_one():
+    differ = 0
+    for n in range(1, 7):
+        for values in map(list, itertools.product((0, 1, 2), repeat=n)):
+            first_zero = next((j for j in range(1, n + 1) if values[j - 1] == 0), None)
+            assert search(values, "linear")[0] == first_zero
+            for last_known in {False, values[-1] == 0}:  # as `explore` runs it when the last value is 0
+                pit = search(values, "binary", last_known)[0]
+                assert (pit is None) == (first_zero is None)
+                assert pit is None or pit in local_pits(values)
+                if len(local_pits(values)) <= 1 or values[-1] > 0:
+                    assert pit == first_zero
+                differ += pit != first_zero
+    assert differ > 0  # non-monotone sequences where binary's pit is a later one exist, and are enumerated
+
+
+def test_binary_probes_fewer_steps_than_linear_on_monotone_values():
+    n = 12
+    for last_known in (False, True):
+        linear, binary = [], []
+        for pit in range(1, n + 1):
+            values = [2] * (pit - 1) + [0] * (n - pit + 1)
+            for strategy, probes in (("linear", linear), ("binary", binary)):
+                found, count = search(values, strategy, last_known)
+                assert found == pit
+                probes.append(count)
+        assert max(binary) <= 4 + (not last_known)  # ceil(log2 12) bisection probes, plus the last step if unknown
+        assert sum(binary) / n < 0.75 * sum(linear) / n
 
 
 def test_pit_at_first_step_uses_the_outcome_chosen():
@@ -100,13 +162,66 @@ def test_pit_at_first_step_uses_the_outcome_chosen():
     assert pair == {"prompt": PROMPT, "chosen": CHOSEN, "rejected": "1 + 2 = 4\n", "id": "p0", "kind": "step", "pit_step": 1}
 
 
-def test_solution_the_explorer_can_still_finish_has_no_pit():
-    engine = ScriptedEngine(pit_marker=None)  # every prefix is continued correctly
-    (result,) = explore_rejected([item()], engine, TASK, ExploreConfig(k=4))
-    assert result["pit"] is None
-    assert len(result["probes"]) == 4  # no step cap: all four steps were probed
-    pairs, dropped = build_step_pairs([item()], [pit_summary(result)])
-    assert pairs == [] and dropped["no_pit"] == 1
+@pytest.mark.parametrize("strategy", ["linear", "binary"])
+def test_a_wrong_answer_line_after_right_steps_is_the_pit_without_a_probe(strategy):
+    engine = ScriptedEngine(pit_marker=None)  # every probed prefix is continued correctly
+    (result,) = explore_rejected([item()], engine, TASK, ExploreConfig(k=4, strategy=strategy))
+    assert result["pit"] == 4  # the whole solution is wrong: its last step is the pit
+    assert [p["step"] for p in result["probes"]] == ([1, 2, 3] if strategy == "linear" else [2, 3])
+    (pair,), _ = build_step_pairs([item()], [pit_summary(result)])
+    assert pair["rejected"] == "The answer is 7" and pair["chosen"] == "The answer is 6"
+
+
+APPEND_PROMPT = "Ana has 5 cups. Then she gets 7 more. How many cups does Ana have now?\n"
+
+
+class AppendingEngine(ScriptedEngine):
+    """From a prefix of the right solution `5 + 7 = 12\nThe answer is 12`, writes the rest of it; from any other
+    prefix, writes the digit `2`."""
+
+    prompt = APPEND_PROMPT
+    right = "5 + 7 = 12\nThe answer is 12"
+
+    def continuations(self, solution: str, n: int) -> list[str]:
+        return [self.right[len(solution) :] if self.right.startswith(solution) else "2"] * n
+
+
+@pytest.mark.parametrize("strategy", ["linear", "binary"])
+def test_the_whole_solution_is_never_probed_so_an_appended_digit_cannot_hide_the_pit(strategy):
+    rejected = "5 + 7 = 12\nThe answer is 1"  # right step, slip in the answer line
+    # Probing the whole solution, as before, graded `The answer is 1` + `2` correct: value 4, no pit.
+    assert TASK.grade(rejected + "2", "12")
+    engine = AppendingEngine()
+    rejected_item = {**item(rejected=rejected), "prompt": APPEND_PROMPT, "answer": "12"}
+    (result,) = explore_rejected([rejected_item], engine, TASK, ExploreConfig(k=4, strategy=strategy))
+    assert result["pit"] == 2
+    probed = [prompt[len(APPEND_PROMPT) :] for call in engine.calls for prompt in call]
+    assert probed == ["5 + 7 = 12\n"]  # every probe ends at a step's newline; the whole solution is not probed
+
+
+class PieceTokenizer:
+    """Token i decodes to PIECES[i]: newlines share a token with the next step's first character, as in
+    SentencePiece vocabularies (`▁3\n3`)."""
+
+    pieces = ["1 + 2 =", " 3\n3", " + 4 =", " 8\nThe", " answer is 8"]
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(self.pieces[i] for i in ids)
+
+
+def test_a_step_end_inside_a_token_takes_the_whole_token():
+    tokenizer, ids = PieceTokenizer(), list(range(5))
+    text = tokenizer.decode(ids)
+    cuts = step_cuts(tokenizer, ids, TASK.split_steps(text))
+    # Cut before the token, step 2's prefix would be `... 3 + 4 =` and a probe could write the right `7`.
+    assert [tokenizer.decode(ids[:c]) for c in cuts] == ["1 + 2 = 3\n3", "1 + 2 = 3\n3 + 4 = 8\nThe", text]
+
+
+def test_a_sentence_step_ends_at_its_full_stop_not_in_the_next_word():
+    tokenizer = PieceTokenizer()
+    tokenizer.pieces = ["x = 5.", " Then", " y = 2."]
+    text = "x = 5. Then y = 2."
+    assert step_cuts(tokenizer, [0, 1, 2], [(0, 7), (7, len(text))]) == [1, 3]
 
 
 def test_probes_of_many_solutions_are_batched_per_round():

@@ -33,6 +33,23 @@ MATH_CASES = [
     ("50\\%", "5", False),
     ("5\\text{ cm}", "6", False),
     ("1,000", "1", False),
+    # digit groups against lists: a space after the comma makes a list
+    ("1,234", "1234", True),
+    ("1,000,000", "1000000", True),
+    ("1\\,234", "1234", True),  # a thin space groups digits too
+    ("(1, 2)", "(1,2)", True),  # ...but not in a tuple, which math-verify compares
+    ("0, 100", "100", False),
+    ("100", "0, 100", False),
+    ("1, 234", "1234", False),
+    ("1234", "1, 234", False),
+    ("1, 234", "1,234", False),
+    ("0,100", "100", False),  # no digit grouping starts with 0
+    ("1,2345", "12345", False),
+    # signs, currency, trailing zeros and full stops
+    ("\\$-5", "-5", True),
+    ("-\\$5", "-5", True),
+    ("5.00", "5", True),
+    ("5.", "5", True),
     # numbers in a base
     ("1242_{5}", "1242_5", True),
     ("28", "28_9", True),  # the base left out: accepted, as math-verify does
@@ -111,6 +128,8 @@ MATH_COMPLETIONS = [
     ("\\fbox{7}", "7", True),
     ("We find $x = 5$, so five.", "5", False),  # no box, no answer line: no answer
     ("so the answer is $\\boxed{\\frac{1}{", "\\frac12", False),  # cut off inside the box
+    ("The answer is \\$-5.", "-5", True),
+    ("The answer is $0, 100$.", "100", False),
 ]
 
 GSM8K_CASES = [
@@ -127,7 +146,16 @@ GSM8K_CASES = [
     ("The answer is \\$5", "5", True),
     ("The answer is 0.5", ".5", True),
     ("The answer is 3.\nWait.\nThe answer is 4", "4", True),
+    ("The answer is $-5", "-5", True),
+    ("The answer is $ -5.", "-5", True),
+    ("The answer is \\$-5", "-5", True),
+    ("The answer is 5.00", "5", True),
+    ("The answer is $1,000,000.", "1000000", True),
     ("The answer is 18", "19", False),
+    ("The answer is $-5", "5", False),
+    ("The answer is 1,2345", "12345", False),  # a broken digit group is read up to its comma
+    ("The answer is 0,100", "100", False),
+    ("The answer is 1, 234", "1234", False),
     ("18", "18", False),  # no answer tag
     ("The answer is 1,000", "1", False),
     ("The answer is 2.5", "2", False),

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from selfexplore.io import read_jsonl
+from selfexplore.rollout import iter_results
+from selfexplore.run_dir import OUTCOME_PAIRS, RFT_SET, SAMPLES, RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "SELFEXPLORE_QUIET": "1"}
@@ -33,7 +34,7 @@ def finish(process: subprocess.Popen) -> str:
 
 
 def samples(run_dir: Path) -> tuple[dict, int]:
-    records = [r for shard in sorted((run_dir / "sample" / "samples").glob("part-*.jsonl")) for r in read_jsonl(shard)]
+    records = list(iter_results(RunDir(run_dir).path(SAMPLES)))
     return {r["id"]: r["samples"] for r in records}, len(records)
 
 
@@ -55,14 +56,14 @@ def test_sample_killed_mid_stage_resumes_to_the_uninterrupted_result(trained, tm
     finish(stage("sample", whole, overrides))
 
     process = stage("sample", killed, overrides)
-    shards = killed / "sample" / "samples"
+    shards = RunDir(killed).path(SAMPLES)
     deadline = time.time() + 600
     while len(list(shards.glob("part-*.jsonl"))) < 2:  # killed between finished batches, mid-stage
         assert process.poll() is None and time.time() < deadline, "the stage ended before it could be killed"
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    assert not (killed / "sample" / "manifest.json").exists()  # a killed stage is never marked done
+    assert RunDir(killed).manifest("sample") is None  # a killed stage is never marked done
     partial, _ = samples(killed)
     assert 0 < len(partial) < 64
 
@@ -72,5 +73,8 @@ def test_sample_killed_mid_stage_resumes_to_the_uninterrupted_result(trained, tm
     expected, _ = samples(whole)
     assert records == len(resumed) == 64  # every problem once: none lost, none duplicated
     assert resumed == expected
-    for name in ("rft.jsonl", "pairs.jsonl", "stats.json"):
-        assert (killed / "sample" / name).read_bytes() == (whole / "sample" / name).read_bytes(), name
+    assert RunDir(killed).manifest("sample")["metrics"] == RunDir(whole).manifest("sample")["metrics"]
+    for copy in (whole, killed):
+        finish(stage("select", copy, overrides))
+    for artifact in (RFT_SET, OUTCOME_PAIRS):
+        assert RunDir(killed).path(artifact).read_bytes() == RunDir(whole).path(artifact).read_bytes(), artifact

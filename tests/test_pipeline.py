@@ -20,7 +20,8 @@ from ray.job_submission import JobSubmissionClient
 
 from selfexplore.cli import main as cli_main
 from selfexplore.config import load_config
-from selfexplore.pipeline import STAGES, stage_fingerprint
+from selfexplore.io import read_jsonl
+from selfexplore.run_dir import OUTCOME_PAIRS, STAGES, STEP_PAIRS, TRAINED_MODELS, RunDir, stage_fingerprint
 from selfexplore.submit import submit_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,24 +76,24 @@ def finished_run(ray_head, tmp_path_factory, quick_overrides):
     with contextlib.chdir(REPO), contextlib.redirect_stdout(logs):
         code = submit_pipeline("configs/tiny.yaml", overrides, load_config("configs/tiny.yaml", overrides), ray_head, python=sys.executable)
     assert code == 0, logs.getvalue()[-5000:]
-    return output_dir / "quick", overrides, logs.getvalue()
+    return RunDir(output_dir / "quick"), overrides, logs.getvalue()
 
 
 def test_pipeline_job_writes_every_stage_and_the_report(finished_run):
     run_dir, _, logs = finished_run
     for stage in STAGES:
-        manifest = json.loads((run_dir / stage / "manifest.json").read_text())
+        manifest = run_dir.manifest(stage)
         assert manifest["stage"] == stage and manifest["wall_s"] >= 0
-    for model in ("sft", "rft", "dpo-outcome", "dpo-step"):
-        assert (run_dir / model / "model" / "config.json").is_file()
-        assert (run_dir / model / "model" / "model.safetensors").is_file()
-    samples = json.loads((run_dir / "sample" / "stats.json").read_text())
-    assert samples["problems"] == 64 and samples["samples"] == 256 and samples["outcome_pairs"] > 0
-    explore = json.loads((run_dir / "explore" / "stats.json").read_text())
-    assert explore["step_pairs"] > 0 and explore["probes"] >= explore["rejected"]
-    summary = json.loads((run_dir / "eval" / "summary.json").read_text())
-    assert set(summary) == {"sft", "rft", "dpo-outcome", "dpo-step"} and all(s["n"] == 40 for s in summary.values())
-    report = (run_dir / "report.md").read_text()
+    for model in TRAINED_MODELS:
+        assert (Path(run_dir.model_dir(model)) / "config.json").is_file()
+        assert (Path(run_dir.model_dir(model)) / "model.safetensors").is_file()
+        assert json.loads(run_dir.eval_summary(model).read_text())["n"] == 40
+    samples = run_dir.manifest("sample")["metrics"]
+    assert samples["problems"] == 64 and samples["samples"] == 256
+    assert run_dir.manifest("select")["metrics"]["outcome_pairs"] == len(read_jsonl(run_dir.path(OUTCOME_PAIRS))) > 0
+    explore = run_dir.manifest("explore")["metrics"]
+    assert explore["step_pairs"] == len(read_jsonl(run_dir.path(STEP_PAIRS))) > 0 and explore["probes"] >= explore["rejected"]
+    report = run_dir.report.read_text()
     assert "Self-Explore (step pairs)" in report and "95% CI" in report
     assert "| Self-Explore (step pairs) |" in logs  # the job printed the accuracy table, and we followed its logs
 
@@ -107,7 +108,10 @@ def test_rerun_skips_finished_stages_and_config_changes_rerun_only_downstream(fi
     cfg = load_config("configs/tiny.yaml", overrides)
     changed = load_config("configs/tiny.yaml", [*overrides, "dpo.beta=0.2"])
     stale = [s for s in STAGES if stage_fingerprint(cfg, s) != stage_fingerprint(changed, s)]
-    assert stale == ["dpo-outcome", "dpo-step", "eval"]
+    assert stale == ["dpo-outcome", "dpo-step", "eval-dpo-outcome", "eval-dpo-step"]
+    reselect = load_config("configs/tiny.yaml", [*overrides, "select.max_rft_per_problem=1"])
+    stale = [s for s in STAGES if stage_fingerprint(cfg, s) != stage_fingerprint(reselect, s)]
+    assert "sample" not in stale and stale[0] == "select"
 
 
 def test_bad_inputs_are_one_clear_error_and_mark_nothing_done(tmp_path, capsys):
@@ -120,7 +124,7 @@ def test_bad_inputs_are_one_clear_error_and_mark_nothing_done(tmp_path, capsys):
 
     code, err = run("configs/tiny.yaml", f"output_dir={tmp_path}", "name=nomodel", "model.path=/nonexistent/model")
     assert code == 2 and "model directory not found: /nonexistent/model" in err
-    assert not (tmp_path / "nomodel" / "base" / "manifest.json").exists()
+    assert RunDir(tmp_path / "nomodel").manifest("base") is None
 
     bad = tmp_path / "train.jsonl"
     bad.write_text('{"query": "1+1?", "response": "2\\n#### 2"}\n{"query": "broken\n')

@@ -4,7 +4,6 @@ Runs on: CPU, 2 cores, ~6 minutes: `selfexplore run` in a subprocess (its own in
 stage again with another batch size and engine count, then greedy answers of the `hf` engine on the same model.
 """
 
-import json
 import os
 import shutil
 import subprocess
@@ -16,6 +15,8 @@ import pytest
 from selfexplore.config import EngineConfig
 from selfexplore.engines import SamplingParams, load_engine
 from selfexplore.io import read_jsonl
+from selfexplore.rollout import iter_results
+from selfexplore.run_dir import OUTCOME_PAIRS, SAMPLES, STAGES, RunDir
 from selfexplore.tasks import format_prompt
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,9 +28,8 @@ def selfexplore(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "selfexplore.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
 
 
-def samples_by_problem(run_dir: Path) -> dict:
-    records = [r for shard in sorted((run_dir / "sample" / "samples").glob("part-*.jsonl")) for r in read_jsonl(shard)]
-    return {r["id"]: [(s["completion"], s["token_ids"]) for s in r["samples"]] for r in records}
+def samples_by_problem(run_dir: RunDir) -> dict:
+    return {r["id"]: [(s["completion"], s["token_ids"]) for s in r["samples"]] for r in iter_results(run_dir.path(SAMPLES))}
 
 
 @pytest.fixture(scope="module")
@@ -37,22 +37,22 @@ def vllm_run(tmp_path_factory, vllm_installed, quick_overrides):
     out = tmp_path_factory.mktemp("runs")
     done = selfexplore("run", "configs/tiny.yaml", "name=vllm", f"output_dir={out}", *quick_overrides, *VLLM)
     assert done.returncode == 0, done.stderr[-3000:]
-    return out / "vllm", done.stdout
+    return RunDir(out / "vllm"), done.stdout
 
 
 def test_every_stage_runs_on_vllm_and_reports(vllm_run):
     run_dir, stdout = vllm_run
-    for stage in ("base", "sft", "sample", "rft", "explore", "dpo-outcome", "dpo-step", "eval"):
-        assert (run_dir / stage / "manifest.json").is_file(), stage
+    for stage in STAGES:
+        assert run_dir.manifest(stage), stage
     assert "Self-Explore (step pairs)" in stdout
-    stats = json.loads((run_dir / "explore" / "stats.json").read_text())
+    stats = run_dir.manifest("explore")["metrics"]
     assert stats["rejected"] > 0 and stats["probes"] >= stats["rejected"]
 
 
 def test_vllm_eval_equals_hf_greedy_on_the_same_model(vllm_run):
     run_dir, _ = vllm_run
-    rows = read_jsonl(run_dir / "eval" / "sft.jsonl")
-    engine = load_engine(str(run_dir / "sft" / "model"), EngineConfig(backend="hf", dtype="float32"))
+    rows = read_jsonl(run_dir.eval_results("sft"))
+    engine = load_engine(run_dir.model_dir("sft"), EngineConfig(backend="hf", dtype="float32"))
     prompts = [engine.encode(format_prompt(r["question"])) for r in rows]
     outputs = engine.generate(prompts, [SamplingParams(max_tokens=80)] * len(rows))
     assert [r["completion"] for r in rows] == [out[0].text for out in outputs]
@@ -60,11 +60,12 @@ def test_vllm_eval_equals_hf_greedy_on_the_same_model(vllm_run):
 
 def test_sampling_again_with_other_batches_gives_the_same_samples(vllm_run, tmp_path, quick_overrides):
     run_dir, _ = vllm_run
-    again = tmp_path / "vllm"
+    again = RunDir(tmp_path / "vllm")
     for stage in ("base", "sft"):
-        shutil.copytree(run_dir / stage, again / stage)
-    shutil.copy(run_dir / "config.yaml", again / "config.yaml")
-    done = selfexplore("stage", "sample", "configs/tiny.yaml", "name=vllm", f"output_dir={tmp_path}", *quick_overrides, *VLLM, "engine.rows_per_batch=7")
-    assert done.returncode == 0, done.stderr[-3000:]
+        shutil.copytree(run_dir.stage_dir(stage), again.stage_dir(stage))
+    shutil.copy(run_dir.config, again.config)
+    for stage in ("sample", "select"):
+        done = selfexplore("stage", stage, "configs/tiny.yaml", "name=vllm", f"output_dir={tmp_path}", *quick_overrides, *VLLM, "engine.rows_per_batch=7")
+        assert done.returncode == 0, done.stderr[-3000:]
     assert samples_by_problem(again) == samples_by_problem(run_dir)
-    assert (again / "sample" / "pairs.jsonl").read_text() == (run_dir / "sample" / "pairs.jsonl").read_text()
+    assert again.path(OUTCOME_PAIRS).read_text() == run_dir.path(OUTCOME_PAIRS).read_text()

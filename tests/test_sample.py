@@ -1,6 +1,7 @@
 """RFT set selection and outcome pairing from graded samples. Runs on: CPU, no Ray."""
 
-from selfexplore.stages.sample import SampleStats, build_outcome_pairs, build_rft_set
+from selfexplore.stages.sample import SampleStats
+from selfexplore.stages.select import build_outcome_pairs, build_rft_set
 
 
 def sample(idx, completion, correct, finish_reason="stop", pred="1"):
@@ -41,5 +42,5 @@ def test_no_pairs_without_wrong_solutions_and_stats():
     stats = SampleStats()
     stats.add(samples)
     stats.add([sample(0, "y", False, pred=None)])
-    stats = stats.summary(rft, [])
+    stats = stats.summary()
     assert stats["pass_at_n"] == 0.5 and stats["sample_accuracy"] == 0.5 and stats["problems_without_correct"] == 1

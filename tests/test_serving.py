@@ -40,6 +40,7 @@ from selfexplore.errors import ConfigError, ModelLoadError
 from selfexplore.http_eval import evaluate_endpoint
 from selfexplore.io import read_jsonl, write_jsonl
 from selfexplore.models import build_char_tokenizer, build_tiny_model
+from selfexplore.run_dir import RunDir
 from selfexplore.stages.eval import result_row, summarize
 from selfexplore.tasks import format_prompt, get_task
 from serving.api import Guard, build_fastapi
@@ -92,10 +93,10 @@ class Server:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     torch.set_num_threads(1)
-    run_dir = tmp_path_factory.mktemp("serving") / "demo"
-    build_test_model(run_dir / "sft" / "model")  # the run's only model, so its best
-    (run_dir / "config.yaml").write_text(dump_yaml(RunConfig()))  # task arith
-    return run_dir
+    run_dir = RunDir(tmp_path_factory.mktemp("serving") / "demo")
+    build_test_model(run_dir.model_dir("sft"))  # the run's only model, so its best
+    run_dir.config.write_text(dump_yaml(RunConfig()))  # task arith
+    return run_dir.root
 
 
 @pytest.fixture(scope="module")
@@ -384,14 +385,19 @@ def test_refuses_to_listen_beyond_loopback_without_a_key(capsys, monkeypatch):
 
 
 def test_a_run_directory_serves_its_best_model(tmp_path):
-    for stage in ("sft", "rft"):
-        (tmp_path / "myrun" / stage / "model").mkdir(parents=True)
-        (tmp_path / "myrun" / stage / "model" / "config.json").write_text("{}")
-    build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tmp_path / "myrun" / "dpo-step" / "model")
-    (tmp_path / "myrun" / "config.yaml").write_text(dump_yaml(RunConfig()))
-    model = resolve_model(tmp_path / "myrun")
+    """Before eval its latest trained model; after eval the one with the best test accuracy."""
+    tiny = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    run_dir = RunDir(tmp_path / "myrun")
+    for stage in ("sft", "rft", "dpo-step"):
+        build_tiny_model(tiny, run_dir.model_dir(stage))
+    run_dir.config.write_text(dump_yaml(RunConfig()))
+    model = resolve_model(run_dir.root)
     assert (Path(model.model_dir).parent.name, model.name, model.task) == ("dpo-step", "myrun-dpo-step", "arith")
-    with pytest.raises(ConfigError, match="looked for dpo-step/model"):
+    for stage, accuracy in (("sft", 0.5), ("rft", 0.7), ("dpo-step", 0.6)):
+        run_dir.eval_summary(stage).parent.mkdir(parents=True)
+        run_dir.eval_summary(stage).write_text(json.dumps({"accuracy": accuracy}))
+    assert resolve_model(run_dir.root).name == "myrun-rft"
+    with pytest.raises(ConfigError, match="neither an HF model directory"):
         resolve_model(tmp_path)
 
 

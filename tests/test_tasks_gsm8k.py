@@ -88,6 +88,15 @@ def test_missing_or_empty_sources_are_clear_errors(tmp_path):
         ("The answer is \\$7.50", "7.5"),
         ("The answer is -3", "-3"),
         ("The answer is -$4", "-4"),
+        ("The answer is $-5", "-5"),
+        ("The answer is $ -5.", "-5"),
+        ("The answer is \\$-5", "-5"),
+        ("The answer is - $5", "-5"),
+        ("The answer is +7", "7"),
+        ("The answer is $5.00.", "5"),
+        ("The answer is 1,000,000.", "1000000"),
+        ("The answer is 1,2345", "1"),  # a broken digit group is read up to its comma, as `12,34` is
+        ("The answer is 0,100", "0"),  # no digit grouping starts with 0
         ("The answer is 12.0", "12"),
         ("The answer is .25", "0.25"),
         ("The answer is 40%", "40"),

@@ -13,13 +13,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from selfexplore.config import DPOConfig, SFTConfig, TaskConfig, TinyModelConfig
+from selfexplore.config import DPOConfig, SFTConfig, TaskConfig, TinyModelConfig, batch_split
 from selfexplore.io import DataError
 from selfexplore.models import build_char_tokenizer, build_tiny_model
 from selfexplore.tasks import format_prompt, get_task
 from selfexplore.train import train_dpo, train_sft
 from selfexplore.train.data import IGNORE_INDEX, rejected_gets_eos, tokenize_dpo, tokenize_sft
-from selfexplore.train.worker import batch_split
 
 
 @pytest.fixture(scope="module")

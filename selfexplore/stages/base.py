@@ -13,13 +13,9 @@ from pathlib import Path
 from selfexplore.config import RunConfig
 from selfexplore.errors import ConfigError
 from selfexplore.models import build_tiny_model
+from selfexplore.run_dir import BASE_MODEL, RunDir
 
 _HUB_NAME = re.compile(r"^[\w.-]+/[\w.-]+$")
-
-
-def model_dir(cfg: RunConfig, run_dir: Path) -> str:
-    """Where the base model is read from."""
-    return cfg.model.path or str(run_dir / "base" / "model")
 
 
 def check_model_path(path: str) -> None:
@@ -32,9 +28,9 @@ def check_model_path(path: str) -> None:
     raise ConfigError(f"model.path: model directory not found: {path}")
 
 
-def run(cfg: RunConfig, run_dir: Path) -> dict:
+def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     if cfg.model.path:
         check_model_path(cfg.model.path)
         return {"model": cfg.model.path}
-    n_params = build_tiny_model(cfg.model.tiny, run_dir / "base" / "model")
+    n_params = build_tiny_model(cfg.model.tiny, run_dir.path(BASE_MODEL))
     return {"model": "tiny", "parameters": n_params}

@@ -6,20 +6,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from selfexplore.config import RunConfig
 from selfexplore.errors import StageError
 from selfexplore.io import read_jsonl
+from selfexplore.run_dir import OUTCOME_PAIRS, STEP_PAIRS, RunDir
 from selfexplore.train import train_dpo
 
-PAIR_FILES = {"outcome": ("sample", "pairs.jsonl"), "step": ("explore", "gpairs.jsonl")}
+PAIRS = {"outcome": OUTCOME_PAIRS, "step": STEP_PAIRS}
 
 
-def run(cfg: RunConfig, run_dir: Path, kind: str) -> dict:
-    pairs = read_jsonl(run_dir.joinpath(*PAIR_FILES[kind]))
+def run(cfg: RunConfig, run_dir: RunDir, kind: str) -> dict:
+    pairs = read_jsonl(run_dir.path(PAIRS[kind]))
     if not pairs:
-        raise StageError(f"no {kind} pairs to train on in {run_dir.joinpath(*PAIR_FILES[kind])}")
-    rft_model = str(run_dir / "rft" / "model")
-    out = run_dir / f"dpo-{kind}"
-    return train_dpo(pairs, rft_model, rft_model, out / "model", cfg.dpo, out / "ray")
+        raise StageError(f"no {kind} pairs to train on in {run_dir.path(PAIRS[kind])}")
+    rft_model = run_dir.model_dir("rft")
+    stage = f"dpo-{kind}"
+    return train_dpo(pairs, rft_model, rft_model, run_dir.model_dir(stage), cfg.dpo, run_dir.train_storage(stage))

@@ -1,8 +1,9 @@
-"""`eval`: greedy decoding of every trained model on the test set, graded with the task's grader.
+"""`eval-<model>`: greedy decoding of one trained model on the test set, graded with the task's grader.
 
-Writes `eval/<model>.jsonl` (one row per problem) and `eval/summary.json` (accuracy with a 95% Wilson interval
-per model, and per level and subject where the task has them). `selfexplore eval --endpoint` writes the same
-two files from any OpenAI-compatible server.
+One stage per model (`eval-sft`, `eval-rft`, ...), so retraining one model re-evaluates only that one. Writes
+`eval/<model>/results.jsonl` (one row per problem, in test-set order) and `eval/<model>/summary.json` (accuracy
+with a 95% Wilson interval, and per level and subject where the task has them). `selfexplore eval --endpoint`
+writes the same rows and summary from any OpenAI-compatible server.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from selfexplore.config import EngineConfig, RunConfig
 from selfexplore.engines import SamplingParams
 from selfexplore.io import write_json, write_jsonl
 from selfexplore.rollout import EngineWorker, ordered_results, run_rollout
+from selfexplore.run_dir import RunDir
 from selfexplore.tasks import format_prompt, get_task
 
 GROUP_KEYS = ("level", "subject")
@@ -76,15 +78,11 @@ def summarize(results: list[dict]) -> dict:
     return summary
 
 
-def run(cfg: RunConfig, run_dir: Path) -> dict:
-    out = run_dir / "eval"
+def run(cfg: RunConfig, run_dir: RunDir, model_stage: str) -> dict:
     problems = get_task(cfg.task.name).load("test", cfg.task)
-    summary = {}
-    for name in cfg.eval.models:
-        model_dir = run_dir / name / "model"
-        print(f"  evaluating {name} on {len(problems)} test problems", flush=True)
-        results = evaluate_model(str(model_dir), problems, cfg.task.name, cfg.engine, cfg.eval.max_tokens, out / "shards" / name)
-        write_jsonl(out / f"{name}.jsonl", results)
-        summary[name] = summarize(results)
-    write_json(out / "summary.json", summary)
+    shard_dir = run_dir.stage_dir(f"eval-{model_stage}") / "shards"
+    results = evaluate_model(run_dir.model_dir(model_stage), problems, cfg.task.name, cfg.engine, cfg.eval.max_tokens, shard_dir)
+    write_jsonl(run_dir.eval_results(model_stage), results)
+    summary = summarize(results)
+    write_json(run_dir.eval_summary(model_stage), summary)
     return summary

@@ -9,88 +9,104 @@ The **first pit** is the first step j after which none of the k completions is c
                itself a correct sample from the bare question)
     rejected = step j alone (a partial solution: DPO gives it no end-of-sequence token)
 
-Search strategies: `linear` probes 1, 2, ... and stops at the first pit (the paper's; no 20-step cap);
-`binary` bisects [1, M] assuming values only fall to zero once (OmegaPRM), then probes j-1 for a chosen if needed.
-Every probe's value is kept in `step_values.jsonl` (process-reward labels, Math-Shepherd style).
+Prefix M is the whole rejected solution: never probed, its value is 0 (its own grade). Search strategies
+(`PitSearch`): `linear` probes 1, 2, ... and stops at the first pit (the paper's; no 20-step cap); `binary`
+bisects between the last positive and the first zero value (OmegaPRM), so the step before its pit is always
+probed and positive; it agrees with `linear` whenever the values fall to zero once. Every probe's value is kept in
+`step_values.jsonl` (process-reward labels, Math-Shepherd style).
 
 Prefixes live in token space: a rejected solution is the token ids the model sampled, cut at step boundaries, so
 a probe continues exactly the tokens the model produced (re-tokenising a text prefix gives other tokens with BPE
-and SentencePiece tokenisers). A step boundary inside a token moves to the start of that token. All probes of one
-rejected solution run on the same engine (one Ray Data row), so the engine's prefix cache reuses their common
-prefix, and each engine call batches the current probes of every solution in its batch: rounds of lockstep search.
+and SentencePiece tokenisers). A step end inside a token moves to the end of that token, so a prefix always
+holds its last step whole, newline included (`step_cuts`). All probes of one rejected solution run on the same
+engine (one Ray Data row), so the engine's prefix cache reuses their common prefix, and each engine call batches
+the current probes of every solution in its batch: rounds of lockstep search.
 Each probe is seeded by its solution and step alone.
 
 Outputs in `explore/`: `probes/part-*.jsonl` (per rejected solution: steps, probes, pit), `gpairs.jsonl`,
-`step_values.jsonl`, `stats.json`.
+`step_values.jsonl`; the stage's metrics (pits, probes, pairs) are in its manifest.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from selfexplore.config import ExploreConfig, RunConfig
 from selfexplore.engines import SamplingParams, derive_seed
-from selfexplore.io import read_jsonl, write_json, write_jsonl
+from selfexplore.io import read_jsonl, write_jsonl
 from selfexplore.rollout import EngineWorker, iter_results, run_rollout
+from selfexplore.run_dir import OUTCOME_PAIRS, PROBES, STEP_PAIRS, STEP_VALUES, RunDir
 from selfexplore.tasks import get_task
 
 
 class PitSearch:
-    """Which step prefix to probe next, for one rejected solution of `n_steps` steps."""
+    """Which step prefix to probe next, for one rejected solution of `n_steps` steps, and the first pit found.
+
+    Both strategies return a pit j whose value is 0 and whose previous step's value is > 0 (or j = 1: the bare
+    question counts as solvable, as the outcome pair's chosen shows). `linear` probes 1, 2, ... and returns the
+    first step with value 0. `binary` bisects: with a step `hi` of value 0 (the last step, which `explore` knows
+    without a probe, or else probed first) and `lo` the last step before it known to be positive (0: the
+    question), it probes the middle of (lo, hi] until hi = lo + 1.
+
+    A true value never rises after reaching 0 (prefix j+1 is one of the continuations of prefix j), so true
+    values have one pit and both strategies find it. Estimates from k samples can rise again ([0, 2, 0, 0]: the
+    zero at step 1 was a miss); then `binary` returns a pit with a positive previous step, not always the first
+    one (here 3, where `linear` says 1). When the last step's value is > 0 there is nothing to bisect on and
+    `binary` scans like `linear`.
+    """
 
     def __init__(self, n_steps: int, strategy: str):
         self.n_steps, self.strategy = n_steps, strategy
         self.values: dict[int, int] = {}  # step -> number of correct completions
-        self.low, self.high = 1, n_steps  # binary: the first pit, if any, lies in [low, high]
 
     @property
     def pit(self) -> int | None:
-        zeros = [j for j, v in self.values.items() if v == 0]
-        if self.strategy == "binary":
-            return self.low if self.values.get(self.low) == 0 else None
-        return min(zeros) if zeros else None
+        bracket = self._bracket()
+        return bracket[1] if bracket and bracket[1] - bracket[0] == 1 else None
 
     def next_step(self) -> int | None:
-        if self.strategy == "linear":
-            if self.pit is not None or len(self.values) == self.n_steps:
-                return None
-            return len(self.values) + 1
-        if self.low < self.high:
-            return (self.low + self.high) // 2
-        if self.low not in self.values:
-            return self.low
-        # Found the pit at `low`: the chosen completion comes from prefix low-1, probe it if not yet done.
-        if self.values[self.low] == 0 and self.low > 1 and self.low - 1 not in self.values:
-            return self.low - 1
-        return None
+        bracket = self._bracket()
+        if bracket and bracket[1] - bracket[0] == 1:
+            return None
+        if self.strategy == "binary":
+            if bracket:
+                return (bracket[0] + bracket[1]) // 2
+            if self.n_steps > 0 and self.n_steps not in self.values:
+                return self.n_steps
+        return next((j for j in range(1, self.n_steps + 1) if j not in self.values), None)
 
     def record(self, step: int, n_correct: int) -> None:
         self.values[step] = n_correct
-        if self.strategy == "binary" and self.low < self.high:
-            if n_correct == 0:
-                self.high = step
-            else:
-                self.low = step + 1
+
+    def _bracket(self) -> tuple[int, int] | None:
+        """(lo, hi): hi is the first step known to have value 0, lo the last step before it known to be positive
+        (0 if none). No step strictly between them has a value yet. None while no value 0 is known."""
+        hi = min((j for j, v in self.values.items() if v == 0), default=None)
+        if hi is None:
+            return None
+        return max((j for j, v in self.values.items() if j < hi), default=0), hi
 
 
 def step_cuts(tokenizer, token_ids: list[int], spans: list[tuple[int, int]]) -> list[int]:
-    """For each step, the number of tokens of the prefix that ends with it.
-
-    The cut for a step ending at character `end` of the decoded solution is the most tokens whose text ends at or
-    before `end` (found by bisection: decoded length grows with the number of tokens).
+    """For each step, the number of tokens of the prefix that ends with it: the fewest tokens whose text holds the
+    step through its newline(s), or through its last visible character when the step ends with spaces only (a
+    sentence of a MATH paragraph). A token that straddles the step's end goes with the step: cut before it, the
+    prefix would stop inside the step (`= 1` of `= 12\n`) and a probe could complete the step into another one.
+    Found by bisection: decoded length grows with the number of tokens.
     """
+    text = tokenizer.decode(token_ids, skip_special_tokens=True)
+
     def text_length(n_tokens: int) -> int:
         return len(tokenizer.decode(token_ids[:n_tokens], skip_special_tokens=True))
 
     cuts, low = [], 0
-    for _, end in spans:
+    for start, end in spans:
+        need = start + len(text[start:end].rstrip(" \t"))
         high = len(token_ids)
         while low < high:
-            mid = (low + high + 1) // 2
-            if text_length(mid) <= end:
-                low = mid
+            mid = (low + high) // 2
+            if text_length(mid) >= need:
+                high = mid
             else:
-                high = mid - 1
+                low = mid + 1
         cuts.append(low)
     return cuts
 
@@ -107,6 +123,12 @@ def explore_rejected(items: list[dict], engine, task, cfg: ExploreConfig) -> lis
         for item, item_cuts in zip(items, cuts)
     ]
     searches = [PitSearch(len(c), cfg.strategy) for c in cuts]
+    for search, item_cuts in zip(searches, cuts):
+        # A prefix holding the whole solution is never probed: its value is the solution's grade, 0 (it is a
+        # rejected one), while a probe would grade it plus whatever follows (`The answer is 1` + `2`).
+        for j, cut in enumerate(item_cuts, 1):
+            if cut == item_cuts[-1]:
+                search.record(j, 0)
     probes: list[dict[int, list[dict]]] = [{} for _ in items]
     while requests := [(i, j) for i, search in enumerate(searches) if (j := search.next_step()) is not None]:
         outputs = engine.generate(
@@ -190,7 +212,7 @@ def build_step_pairs(items: list[dict], summaries: list[dict]) -> tuple[list[dic
     counts = {"no_pit": 0, "no_chosen": 0, "duplicate": 0, "empty_step": 0}
     for item, summary in zip(items, summaries):
         pit = summary["pit"]
-        if pit is None:  # every prefix can still reach the answer: not a mistake in the explorer's eyes
+        if pit is None:  # only an empty solution: the whole solution is wrong, so its last step at the latest is a pit
             counts["no_pit"] += 1
             continue
         prompt = item["prompt"] + summary["steps_before_pit"]
@@ -222,21 +244,20 @@ def step_values(summaries: list[dict], k: int) -> list[dict]:
     ]
 
 
-def run(cfg: RunConfig, run_dir: Path) -> dict:
-    out = run_dir / "explore"
+def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     answers = {p["id"]: p["answer"] for p in get_task(cfg.task.name).load("train", cfg.task)}
-    items = rejected_items(read_jsonl(run_dir / "sample" / "pairs.jsonl"), answers, cfg.explore.max_rejected)
-    worker_kwargs = dict(model_dir=str(run_dir / "rft" / "model"), engine_cfg=cfg.engine, task_name=cfg.task.name, explore_cfg=cfg.explore)
-    run_rollout(items, ExploreWorker, worker_kwargs, cfg.engine, out / "probes", key="key", what="rejected solutions explored")
+    items = rejected_items(read_jsonl(run_dir.path(OUTCOME_PAIRS)), answers, cfg.explore.max_rejected)
+    worker_kwargs = dict(model_dir=run_dir.model_dir("rft"), engine_cfg=cfg.engine, task_name=cfg.task.name, explore_cfg=cfg.explore)
+    run_rollout(items, ExploreWorker, worker_kwargs, cfg.engine, run_dir.path(PROBES), key="key", what="rejected solutions explored")
     # One shard of probes in memory at a time; each solution kept as its summary, in item order.
     index = {item["key"]: i for i, item in enumerate(items)}
     summaries: list[dict] = [{}] * len(items)
-    for result in iter_results(out / "probes"):
+    for result in iter_results(run_dir.path(PROBES)):
         summaries[index[result["key"]]] = pit_summary(result)
     pairs, dropped = build_step_pairs(items, summaries)
     values = step_values(summaries, cfg.explore.k)
-    write_jsonl(out / "gpairs.jsonl", pairs)
-    write_jsonl(out / "step_values.jsonl", values)
+    write_jsonl(run_dir.path(STEP_PAIRS), pairs)
+    write_jsonl(run_dir.path(STEP_VALUES), values)
     pits = [s["pit"] for s in summaries if s["pit"] is not None]
     stats = {
         "rejected": len(items),
@@ -246,5 +267,4 @@ def run(cfg: RunConfig, run_dir: Path) -> dict:
         "probes_per_rejected": len(values) / max(1, len(items)),
         "pit_histogram": {str(j): pits.count(j) for j in sorted(set(pits))},
     }
-    write_json(out / "stats.json", stats)
     return stats

@@ -5,21 +5,19 @@ The RFT model is the explorer of `explore` and both the start and the reference 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from selfexplore.config import RunConfig
 from selfexplore.errors import StageError
 from selfexplore.io import read_jsonl
-from selfexplore.stages import base
+from selfexplore.run_dir import BASE_MODEL, RFT_SET, RunDir
 from selfexplore.stages.sft import gold_rows
 from selfexplore.tasks import get_task
 from selfexplore.train import train_sft
 
 
-def run(cfg: RunConfig, run_dir: Path) -> dict:
-    rows = [{"prompt": r["prompt"], "completion": r["completion"]} for r in read_jsonl(run_dir / "sample" / "rft.jsonl")]
+def run(cfg: RunConfig, run_dir: RunDir) -> dict:
+    rows = [{"prompt": r["prompt"], "completion": r["completion"]} for r in read_jsonl(run_dir.path(RFT_SET))]
     if cfg.rft.include_gold:
         rows += gold_rows(get_task(cfg.task.name).load("train", cfg.task))
     if not rows:
         raise StageError("the RFT set is empty: the SFT model solved no training problem; train SFT longer")
-    return train_sft(rows, base.model_dir(cfg, run_dir), run_dir / "rft" / "model", cfg.rft, run_dir / "rft" / "ray")
+    return train_sft(rows, str(run_dir.path(BASE_MODEL)), run_dir.model_dir("rft"), cfg.rft, run_dir.train_storage("rft"), section="rft")

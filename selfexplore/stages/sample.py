@@ -1,24 +1,16 @@
-"""`sample`: N solutions per training problem from the SFT model, graded; the RFT set and the outcome pairs.
+"""`sample`: N solutions per training problem from the SFT model, graded.
 
-Outputs in `sample/`:
-- `samples/part-*.jsonl`  one record per problem with its N graded samples and their token ids (the resume unit)
-- `rft.jsonl`             {id, prompt, completion}: distinct correct samples, at most `max_rft_per_problem` each
-- `pairs.jsonl`           outcome pairs D_pair {prompt, chosen, rejected, id, kind: "outcome", pit_step: null}
-- `stats.json`            accuracy per sample, pass@N, counts
-
-Unlike the original code, selection is deterministic (sample order, never `set` order) and rejected solutions
-are only complete ones with an answer: truncated or answer-less samples are junk negatives, not mistakes.
+Writes `sample/samples/part-*.jsonl`: one record per problem with its N graded samples and their token ids (the
+resume unit). The stage's metrics: accuracy per sample, pass@N, counts. The `select` stage picks the RFT set and
+the outcome pairs from these.
 """
 
 from __future__ import annotations
 
-import difflib
-from pathlib import Path
-
 from selfexplore.config import RunConfig
 from selfexplore.engines import SamplingParams, derive_seed
-from selfexplore.io import write_json, write_jsonl
 from selfexplore.rollout import EngineWorker, iter_results, run_rollout
+from selfexplore.run_dir import SAMPLES, RunDir, model
 from selfexplore.tasks import format_prompt, get_task
 
 
@@ -59,64 +51,15 @@ class SampleWorker(EngineWorker):
         return results
 
 
-def build_rft_set(samples: list[dict], max_per_problem: int) -> list[dict]:
-    """Distinct correct solutions of one problem, in sample order, at most `max_per_problem`."""
-    seen, rows = set(), []
-    for s in samples:
-        text = s["completion"].strip()
-        if s["correct"] and text not in seen and len(rows) < max_per_problem:
-            seen.add(text)
-            rows.append({"id": s["id"], "prompt": s["prompt"], "completion": text})
-    return rows
-
-
-def build_outcome_pairs(samples: list[dict], rft_rows: list[dict]) -> list[dict]:
-    """Pair each correct solution with the least similar complete wrong one; each wrong one is used once."""
-    pool: dict[str, list[int]] = {}  # wrong solution text -> the tokens that produced it, in sample order
-    for s in samples:
-        text = s["completion"].strip()
-        complete = s["finish_reason"] == "stop" and s["pred"] is not None
-        if not s["correct"] and complete and text not in pool:
-            pool[text] = s["token_ids"]
-    pairs = []
-    for row in rft_rows:
-        if not pool:
-            break
-        rejected = min(pool, key=lambda text: difflib.SequenceMatcher(None, row["completion"], text).ratio())
-        pairs.append(
-            {
-                "prompt": row["prompt"],
-                "chosen": row["completion"],
-                "rejected": rejected,
-                "rejected_token_ids": pool.pop(rejected),
-                "id": row["id"],
-                "kind": "outcome",
-                "pit_step": None,
-            }
-        )
-    return pairs
-
-
-def run(cfg: RunConfig, run_dir: Path) -> dict:
-    out = run_dir / "sample"
+def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     problems = get_task(cfg.task.name).load("train", cfg.task)
     problems = problems[: cfg.sample.max_problems or None]
-    worker_kwargs = dict(model_dir=str(run_dir / "sft" / "model"), engine_cfg=cfg.engine, task_name=cfg.task.name, sample_cfg=cfg.sample)
-    run_rollout(problems, SampleWorker, worker_kwargs, cfg.engine, out / "samples", key="id", what="problems sampled")
-    # One problem's samples in memory at a time; the selections are small and written in problem order.
-    order = {p["id"]: i for i, p in enumerate(problems)}
-    per_problem, stats = {}, SampleStats()
-    for result in iter_results(out / "samples"):
-        problem_rft = build_rft_set(result["samples"], cfg.sample.max_rft_per_problem)
-        per_problem[order[result["id"]]] = (problem_rft, build_outcome_pairs(result["samples"], problem_rft))
+    worker_kwargs = dict(model_dir=str(run_dir.path(model("sft"))), engine_cfg=cfg.engine, task_name=cfg.task.name, sample_cfg=cfg.sample)
+    run_rollout(problems, SampleWorker, worker_kwargs, cfg.engine, run_dir.path(SAMPLES), key="id", what="problems sampled")
+    stats = SampleStats()
+    for result in iter_results(run_dir.path(SAMPLES)):  # one problem's samples in memory at a time
         stats.add(result["samples"])
-    rft_rows = [row for i in sorted(per_problem) for row in per_problem[i][0]]
-    pairs = [pair for i in sorted(per_problem) for pair in per_problem[i][1]]
-    write_jsonl(out / "rft.jsonl", rft_rows)
-    write_jsonl(out / "pairs.jsonl", pairs)
-    summary = stats.summary(rft_rows, pairs)
-    write_json(out / "stats.json", summary)
-    return summary
+    return stats.summary()
 
 
 class SampleStats:
@@ -133,7 +76,7 @@ class SampleStats:
         self.truncated += sum(s["finish_reason"] == "length" for s in samples)
         self.tokens += sum(s["n_tokens"] for s in samples)
 
-    def summary(self, rft_rows: list[dict], pairs: list[dict]) -> dict:
+    def summary(self) -> dict:
         return {
             "problems": self.problems,
             "samples": self.samples,
@@ -142,6 +85,4 @@ class SampleStats:
             "problems_without_correct": self.problems - self.solved,
             "truncated_samples": self.truncated,
             "generated_tokens": self.tokens,
-            "rft_rows": len(rft_rows),
-            "outcome_pairs": len(pairs),
         }

@@ -6,10 +6,8 @@ original also trained on the question, an unintended default).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from selfexplore.config import RunConfig
-from selfexplore.stages import base
+from selfexplore.run_dir import BASE_MODEL, RunDir
 from selfexplore.tasks import format_prompt, get_task
 from selfexplore.train import train_sft
 
@@ -18,6 +16,6 @@ def gold_rows(problems: list[dict]) -> list[dict]:
     return [{"prompt": format_prompt(p["question"]), "completion": p["solution"]} for p in problems]
 
 
-def run(cfg: RunConfig, run_dir: Path) -> dict:
+def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     problems = get_task(cfg.task.name).load("train", cfg.task)
-    return train_sft(gold_rows(problems), base.model_dir(cfg, run_dir), run_dir / "sft" / "model", cfg.sft, run_dir / "sft" / "ray")
+    return train_sft(gold_rows(problems), str(run_dir.path(BASE_MODEL)), run_dir.model_dir("sft"), cfg.sft, run_dir.train_storage("sft"))

@@ -17,10 +17,11 @@ from selfexplore.tasks.sources import build_problems, problem_id, read_rows, tex
 
 _LINE_START = re.compile(r"^[^\S\n]*\S", re.MULTILINE)  # start of a line with something on it
 _TAG = re.compile(r"the answer is|####", re.IGNORECASE)
-# What may stand between the tag and the number: `:`, `$` / `\$`, markdown bold, a sign on either side of `$`.
+# What may stand between the tag and the number: `:`, markdown bold, `$` / `\$`, a sign before or after the `$`.
+# Digit groups must be whole (`1,234,567`); `12,34` or `0,100` is read up to its comma.
 _NUMBER = re.compile(
-    r"[\s:*]*(?P<sign>[-−]?)[\s$\\]*"
-    r"(?P<digits>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
+    r"[\s:*]*(?:\\?\$\s*)?(?P<sign>[-−+]?)\s*(?:\\?\$\s*)?"
+    r"(?P<digits>[1-9]\d{0,2}(?:,\d{3})+(?!,?\d)(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
 )
 
 
@@ -44,7 +45,7 @@ def parse_number(text: str) -> str | None:
         value = Decimal(match["digits"].replace(",", ""))
     except InvalidOperation:
         return None
-    if match["sign"]:
+    if match["sign"] in ("-", "−"):
         value = -value
     if value == value.to_integral_value():
         return str(int(value))

@@ -140,9 +140,10 @@ def gold_answer(question: str, solution: str) -> str | None:
 
 # ------------------------------------------------------------------------------------------------------ grading
 
-_SPACING = re.compile(r"\\[!,;: ]|\s+")
+_SPACING = re.compile(r"(?:\\[,;: ]|\s)+")  # LaTeX spaces and whitespace; `\!` is a digit-group spelling
+_SPACE_NOT_AFTER_COMMA = re.compile(r"(?<!,) ")
 _SIZING = re.compile(r"\\(?:left|right|big|Big|bigl|bigr|Bigl|Bigr)(?![a-zA-Z])")
-_INTEGER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)")
+_INTEGER = re.compile(r"-?(?:[1-9]\d{0,2}(?:,\d{3})+|\d+)")  # `1,234`; `0,100` is no digit grouping
 _BRACKETS = re.compile(r"[{}()\[\]]")
 _BASE = re.compile(r"(?<![A-Za-z\\])(?=[0-9A-F]*\d)[0-9A-F]+_\{?(\d+)\}?")  # 1242_5, 141_{12}: base subscripts
 
@@ -153,16 +154,17 @@ MAX_SYMBOLIC_NESTING = 12
 
 
 def _integer_key(integer: str) -> str:
-    """`-0,012` -> `-12`: compared as text, because int() refuses numbers over 4,300 digits."""
+    """`-1,012` -> `-1012`, `007` -> `7`: compared as text, because int() refuses numbers over 4,300 digits."""
     digits = integer.replace(",", "").lstrip("-").lstrip("0") or "0"
     return "-" + digits if integer.startswith("-") and digits != "0" else digits
 
 
 def _canonical(answer: str) -> str:
-    """A spelling-insensitive form for the fast path; only rewrites that never change the value."""
-    answer = _SPACING.sub("", answer)
+    """A spelling-insensitive form for the fast path; only rewrites that never change the value. Spacing goes,
+    except one space after a comma: it tells a list (`1, 234`, `0, 100`) from a number's digit groups (`1,234`)."""
+    answer = _SPACE_NOT_AFTER_COMMA.sub("", _SPACING.sub(" ", answer.replace("\\!", "")))
     answer = _SIZING.sub("", answer).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    return answer.replace("{,}", ",").strip("$").rstrip(".")
+    return answer.replace("{,}", ",").strip("$").rstrip(".").strip()
 
 
 def answers_equal(pred: str, gold: str, timeout: float = GRADE_TIMEOUT_S) -> bool:

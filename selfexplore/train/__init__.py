@@ -1,13 +1,14 @@
 """Training shared by the sft, rft and dpo stages: Ray Train + TRL + DeepSpeed.
 
-    metrics = train_sft(rows, init_model_dir, out_dir, cfg.sft, storage_dir)
+    metrics = train_sft(rows, init_model_dir, out_dir, cfg.sft, storage_dir, section="sft")
     metrics = train_dpo(pairs, init_model_dir, ref_model_dir, out_dir, cfg.dpo, storage_dir)
 
 Both need a running Ray session, tokenise on the driver (`data.py`), train on `cfg.num_workers` Ray Train workers
 (`worker.py`, launched by `launch.py`) and write a plain HF model directory (safetensors + tokenizer) to
 `out_dir`, atomically (in bf16 when `cfg.bf16`, else fp32). The metrics: train_loss (mean over the run),
 first_loss and final_loss (first and last logged), steps, train_runtime_s and steps_per_s (the Trainer's, from
-the start of `train()`), examples, dropped_too_long, wall_s (from launching Ray Train to the model in `out_dir`);
+the start of `train()`), resumed_from_step (0 unless a restart resumed from a checkpoint), examples,
+dropped_too_long, wall_s (from launching Ray Train to the model in `out_dir`);
 for DPO also the last logged rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins, and
 dropped_empty (pairs with an empty rejected).
 """
@@ -26,11 +27,12 @@ __all__ = ["train_dpo", "train_sft"]
 
 
 def train_sft(
-    rows: list[dict], init_model_dir: str, out_dir: str | Path, cfg: TrainConfig, storage_dir: str | Path
+    rows: list[dict], init_model_dir: str, out_dir: str | Path, cfg: TrainConfig, storage_dir: str | Path, section: str = "sft"
 ) -> dict:
-    """Fine-tune on `{prompt, completion}` rows; the loss covers the completion and its EOS only."""
+    """Fine-tune on `{prompt, completion}` rows; the loss covers the completion and its EOS only. `section` names
+    the config section `cfg` came from (`sft` or `rft`) in errors."""
     data = tokenize_sft(rows, AutoTokenizer.from_pretrained(init_model_dir), cfg.max_length)
-    return fit("sft", data, cfg, init_model_dir, out_dir, storage_dir)
+    return fit("sft", section, data, cfg, init_model_dir, out_dir, storage_dir)
 
 
 def train_dpo(
@@ -47,6 +49,6 @@ def train_dpo(
     solution, see `data.rejected_gets_eos`).
     """
     data = tokenize_dpo(rows, AutoTokenizer.from_pretrained(init_model_dir), cfg.max_length, cfg.max_prompt_length)
-    metrics = fit("dpo", data, cfg, init_model_dir, out_dir, storage_dir, ref_model_dir=ref_model_dir)
+    metrics = fit("dpo", "dpo", data, cfg, init_model_dir, out_dir, storage_dir, ref_model_dir=ref_model_dir)
     metrics["dropped_empty"] = data.dropped_empty
     return metrics

@@ -22,11 +22,13 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from selfexplore.config import TrainConfig
+from selfexplore.errors import StageError
 from selfexplore.train.data import Tokenized
 
 
 def fit(
     kind: str,
+    section: str,
     data: Tokenized,
     cfg: TrainConfig,
     init_model_dir: str,
@@ -34,16 +36,18 @@ def fit(
     storage_dir: str | Path,
     ref_model_dir: str | None = None,
 ) -> dict:
-    """Train with `cfg` on `data`, write the model to `out_dir` and return the metrics."""
+    """Train with `cfg` (the config section `section`) on `data`, write the model to `out_dir`, return the metrics."""
     # Imported here, not at the top: TRL and DeepSpeed take seconds to import, and every CLI command that merely
     # imports the stages would pay for them.
     from selfexplore.train.worker import METRICS_FILE, MODEL_DIR, train_loop
 
     if data.num_examples == 0:
-        raise ValueError(
-            f"{kind}: no examples left to train on: {data.dropped_too_long} longer than the length limits "
-            f"(raise max_length / max_prompt_length), {data.dropped_empty} with an empty rejected response"
+        limits = f"{section}.max_length" + (f" / {section}.max_prompt_length" if kind == "dpo" else "")
+        raise StageError(
+            f"{section}: no examples left to train on: {data.dropped_too_long} longer than the length limits "
+            f"(raise {limits}), {data.dropped_empty} with an empty rejected response"
         )
+
     start = time.monotonic()
     trainer = TorchTrainer(
         train_loop,

@@ -32,7 +32,7 @@ from trl import DPOTrainer
 from trl import SFTConfig as TRLSFTConfig
 from trl import SFTTrainer
 
-from selfexplore.config import DPOConfig, TrainConfig
+from selfexplore.config import DPOConfig, TrainConfig, batch_split
 from selfexplore.train.ds_config import deepspeed_config
 
 MODEL_DIR = "model"
@@ -100,10 +100,13 @@ def train_loop(config: dict) -> None:
         if restored_dir and (Path(restored_dir) / MODEL_DIR).is_dir():
             return  # a restart after the final model was reported: nothing left to do
         resume = str(Path(restored_dir) / RayTrainReportCallback.CHECKPOINT_NAME) if restored_dir else None
+        # A restart (a worker lost, or the driver cut off and run again) says where it picked up. Read now: Ray
+        # Train deletes old checkpoints from storage while training goes on.
+        resumed_from_step = json.loads((Path(resume) / "trainer_state.json").read_text())["global_step"] if resume else 0
         with tempfile.TemporaryDirectory(prefix="selfexplore-train-") as work:
             trainer = _build_trainer(config, output_dir=work)
             result = trainer.train(resume_from_checkpoint=resume)
-            metrics = _metrics(trainer, result)
+            metrics = {**_metrics(trainer, result), "resumed_from_step": resumed_from_step}
             _report_final(trainer, metrics, work)
 
 
@@ -176,17 +179,6 @@ def _trl_args(kind: str, cfg: TrainConfig, output_dir: str) -> TRLSFTConfig | TR
         return TRLSFTConfig(**common, max_length=None, dataset_kwargs={"skip_prepare_dataset": True})
     assert isinstance(cfg, DPOConfig)
     return TRLDPOConfig(**common, beta=cfg.beta, loss_type=[cfg.loss_type], max_length=cfg.max_length)
-
-
-def batch_split(cfg: TrainConfig, world_size: int) -> tuple[int, int]:
-    """(per-worker batch, gradient accumulation steps) that make up the global `batch_size`."""
-    per_device = cfg.per_device_batch_size or cfg.batch_size // world_size
-    if per_device < 1 or cfg.batch_size % (per_device * world_size):
-        raise ValueError(
-            f"batch_size {cfg.batch_size} must be a multiple of per_device_batch_size "
-            f"({cfg.per_device_batch_size or 'batch_size / num_workers'}) x num_workers ({world_size})"
-        )
-    return per_device, cfg.batch_size // (per_device * world_size)
 
 
 def _metrics(trainer, result) -> dict:

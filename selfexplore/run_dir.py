@@ -1,0 +1,192 @@
+"""The run directory: every path of a run, every stage, what each reads and which config decides its output.
+
+    runs/NAME/
+      config.yaml  report.md  report/  logs/
+      base/model/                         the base model (unless `model.path` names one)
+      sft/model/   rft/model/   dpo-outcome/model/   dpo-step/model/   (+ `train/`: Ray Train checkpoints)
+      sample/samples/part-*.jsonl         N graded samples per problem (the resume unit)
+      select/rft.jsonl  select/pairs.jsonl    the RFT set and the outcome pairs
+      explore/probes/part-*.jsonl  explore/gpairs.jsonl  explore/step_values.jsonl
+      eval/<model>/results.jsonl  eval/<model>/summary.json
+      <stage>/started.json  <stage>/manifest.json
+
+A stage is done when its `manifest.json` holds its current fingerprint: a hash of the config that decides its
+output and of the fingerprints of the stages it reads. Which stages it reads is derived from the artifacts it
+reads (`Stage.reads`), never declared twice. Cheap selection (`select`) is its own stage, so changing
+`select.max_rft_per_problem` re-selects from the same samples instead of sampling again.
+
+No other module spells a run path or a stage name: stages, the pipeline, the report, `eval --run`, `status`
+and `serve RUN_DIR` all go through `RunDir` and `STAGES`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from selfexplore.config import RunConfig, fingerprint, load_config
+from selfexplore.errors import ConfigError
+from selfexplore.io import read_json
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file or directory that one stage writes (`stage/name`) and later stages read."""
+
+    stage: str
+    name: str
+
+
+BASE_MODEL = Artifact("base", "model")
+SAMPLES = Artifact("sample", "samples")
+RFT_SET = Artifact("select", "rft.jsonl")
+OUTCOME_PAIRS = Artifact("select", "pairs.jsonl")
+PROBES = Artifact("explore", "probes")
+STEP_PAIRS = Artifact("explore", "gpairs.jsonl")
+STEP_VALUES = Artifact("explore", "step_values.jsonl")
+
+TRAINED_MODELS = ("sft", "rft", "dpo-outcome", "dpo-step")
+"""The stages that train a model, in pipeline order (the rows of the report)."""
+
+MODEL_TITLES = {"sft": "SFT", "rft": "RFT", "dpo-outcome": "DPO (outcome pairs)", "dpo-step": "Self-Explore (step pairs)"}
+
+
+def model(stage: str) -> Artifact:
+    return Artifact(stage, "model")
+
+
+def generation(c: RunConfig) -> tuple:
+    """The engine settings that change what a rollout generates: backend, dtype and device. Engine count, batch
+    size and vLLM's scheduling settings do not (per-row seeds); `tensor_parallel_size` changes only the summation
+    order of the kernels, which no engine promises to keep anyway (docs/engines.md)."""
+    return (c.engine.backend, c.engine.dtype, c.engine.num_gpus > 0)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    reads: tuple[Artifact, ...]
+    """What the stage reads from the run; the stages it depends on are the writers of these."""
+    decided_by: Callable[[RunConfig], tuple]
+    """The config sections (or values) that decide its output."""
+    directory: str = ""
+    """Its directory under the run (default: its name)."""
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(artifact.stage for artifact in self.reads))
+
+
+def eval_stage(model_stage: str) -> Stage:
+    return Stage(f"eval-{model_stage}", (model(model_stage),), lambda c: (c.task, c.eval.max_tokens, generation(c)), f"eval/{model_stage}")
+
+
+STAGES: dict[str, Stage] = {
+    stage.name: stage
+    for stage in [
+        Stage("base", (), lambda c: (c.model,)),
+        Stage("sft", (BASE_MODEL,), lambda c: (c.task, c.sft)),
+        Stage("sample", (model("sft"),), lambda c: (c.task, c.sample, generation(c))),
+        Stage("select", (SAMPLES,), lambda c: (c.select,)),
+        Stage("rft", (BASE_MODEL, RFT_SET), lambda c: (c.task, c.rft)),
+        Stage("explore", (model("rft"), OUTCOME_PAIRS), lambda c: (c.task, c.explore, generation(c))),
+        Stage("dpo-outcome", (model("rft"), OUTCOME_PAIRS), lambda c: (c.dpo,)),
+        Stage("dpo-step", (model("rft"), STEP_PAIRS), lambda c: (c.dpo,)),
+        *(eval_stage(name) for name in TRAINED_MODELS),
+    ]
+}
+
+
+def pipeline_stages(cfg: RunConfig) -> list[str]:
+    """The stages `selfexplore run` runs, in order: all but the evaluations of models `eval.models` leaves out."""
+    return [name for name in STAGES if not name.startswith("eval-") or name.removeprefix("eval-") in cfg.eval.models]
+
+
+def stage_fingerprint(cfg: RunConfig, name: str) -> str:
+    stage = STAGES[name]
+    return fingerprint(name, *stage.decided_by(cfg), *(stage_fingerprint(cfg, need) for need in stage.needs))
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The paths of one run. `external_base_model` is `model.path` when the base model lives outside the run."""
+
+    root: Path
+    external_base_model: str = ""
+
+    @classmethod
+    def of(cls, cfg: RunConfig) -> RunDir:
+        return cls(Path(cfg.output_dir) / cfg.name, cfg.model.path)
+
+    @classmethod
+    def open(cls, path: str | Path) -> tuple[RunDir, RunConfig]:
+        """An existing run where it lies now, whatever `output_dir` said when it ran (it may have been moved)."""
+        root = Path(path)
+        if not (root / "config.yaml").is_file():
+            raise ConfigError(f"{root}: not a run directory (no config.yaml); runs live in `output_dir/name`, e.g. runs/tiny")
+        cfg = load_config(root / "config.yaml")
+        return cls(root, cfg.model.path), cfg
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.md"
+
+    @property
+    def report_assets(self) -> Path:
+        return self.root / "report"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def stage_dir(self, name: str) -> Path:
+        return self.root / (STAGES[name].directory or name)
+
+    def path(self, artifact: Artifact) -> Path:
+        if artifact == BASE_MODEL and self.external_base_model:
+            return Path(self.external_base_model)
+        return self.stage_dir(artifact.stage) / artifact.name
+
+    def model_dir(self, stage: str) -> str:
+        return str(self.path(model(stage)))
+
+    def train_storage(self, stage: str) -> Path:
+        """Ray Train's checkpoints of a training stage (what a cut-off training resumes from)."""
+        return self.stage_dir(stage) / "train"
+
+    def eval_results(self, model_stage: str) -> Path:
+        return self.stage_dir(f"eval-{model_stage}") / "results.jsonl"
+
+    def eval_summary(self, model_stage: str) -> Path:
+        return self.stage_dir(f"eval-{model_stage}") / "summary.json"
+
+    def manifest(self, name: str) -> dict | None:
+        path = self.stage_dir(name) / "manifest.json"
+        return read_json(path) if path.is_file() else None
+
+    def started(self, name: str) -> dict | None:
+        path = self.stage_dir(name) / "started.json"
+        return read_json(path) if path.is_file() else None
+
+    def is_done(self, cfg: RunConfig, name: str) -> bool:
+        manifest = self.manifest(name)
+        return bool(manifest) and manifest["fingerprint"] == stage_fingerprint(cfg, name)
+
+    def discard(self, name: str) -> None:
+        """Remove a stage directory in one step (a rename), then delete it: a crash never leaves half of it."""
+        stage_dir = self.stage_dir(name)
+        trash = stage_dir.with_name(f".{stage_dir.name}.discarded-{os.getpid()}")
+        stage_dir.rename(trash)
+        shutil.rmtree(trash)
+
+    def best_model(self) -> str | None:
+        """The evaluated model with the highest test accuracy (ties: the later stage), or None before eval."""
+        scores = {name: read_json(self.eval_summary(name))["accuracy"] for name in TRAINED_MODELS if self.eval_summary(name).is_file()}
+        return max(reversed(list(scores)), key=scores.get) if scores else None

@@ -1,0 +1,102 @@
+"""Training survives crashes, with real signals: SIGKILL one Ray Train worker mid-SFT and Ray Train restarts the
+group from the last checkpoint; SIGKILL the driver mid-SFT and the next run resumes from it, not from step 0.
+Either way the final model loads and the manifest says where training picked up.
+
+Runs on: CPU, 2 cores, ~3 minutes: `selfexplore stage sft` subprocesses (each with its own in-process Ray,
+killed with its whole process group), the quick preset with a checkpoint every 10 of 60 steps, two workers.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from transformers import AutoModelForCausalLM
+
+from selfexplore.run_dir import RunDir
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "SELFEXPLORE_QUIET": "1"}
+SAVE_STEPS = 10
+
+
+def stage(name: str, run_dir: Path, overrides: list[str]) -> subprocess.Popen:
+    args = [sys.executable, "-m", "selfexplore.cli", "stage", name, "configs/tiny.yaml", f"output_dir={run_dir.parent}", f"name={run_dir.name}", *overrides]
+    return subprocess.Popen(args, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def finish(process: subprocess.Popen) -> str:
+    output, _ = process.communicate(timeout=900)
+    assert process.returncode == 0, output[-3000:]
+    return output
+
+
+def wait_for_checkpoint(process: subprocess.Popen, run_dir: Path) -> None:
+    """Until Ray Train has registered a periodic checkpoint of the SFT run (its checkpoint manager's snapshot names
+    one: a checkpoint directory alone may still be mid-report), and training goes on."""
+    storage = RunDir(run_dir).train_storage("sft")
+    deadline = time.time() + 600
+
+    def registered() -> bool:
+        snapshots = list(storage.glob("*/checkpoint_manager_snapshot.json"))
+        return bool(snapshots) and json.loads(snapshots[0].read_text()).get("latest_checkpoint_result") is not None
+
+    while not registered():
+        assert process.poll() is None and time.time() < deadline, "training ended before a checkpoint was registered"
+        time.sleep(0.2)
+
+
+def train_workers() -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["cmdline"]) if any("RayTrainWorker" in part for part in p.info["cmdline"] or [])]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, quick_overrides):
+    run_dir = tmp_path_factory.mktemp("runs") / "train"
+    overrides = [*quick_overrides, f"sft.save_steps={SAVE_STEPS}", "sft.logging_steps=10"]
+    finish(stage("base", run_dir, overrides))
+    return run_dir, overrides
+
+
+def check_resumed_model(run_dir: Path) -> dict:
+    metrics = RunDir(run_dir).manifest("sft")["metrics"]
+    assert metrics["steps"] == 60
+    assert metrics["resumed_from_step"] >= SAVE_STEPS and metrics["resumed_from_step"] % SAVE_STEPS == 0
+    AutoModelForCausalLM.from_pretrained(RunDir(run_dir).model_dir("sft"))
+    return metrics
+
+
+def test_a_killed_training_worker_restarts_from_the_last_checkpoint(base, tmp_path):
+    run_dir, overrides = base
+    shutil.copytree(run_dir, tmp_path / "train")
+    run_dir = tmp_path / "train"
+    process = stage("sft", run_dir, overrides)
+    wait_for_checkpoint(process, run_dir)
+    workers = train_workers()
+    assert len(workers) == 2
+    workers[-1].send_signal(signal.SIGKILL)
+    output = finish(process)
+    check_resumed_model(run_dir)
+    assert not train_workers(), "no training worker outlives its stage"
+    assert "[sft] done" in output
+
+
+def test_a_killed_driver_resumes_training_from_the_checkpoint(base, tmp_path):
+    run_dir, overrides = base
+    shutil.copytree(run_dir, tmp_path / "train")
+    run_dir = tmp_path / "train"
+    process = stage("sft", run_dir, overrides)
+    wait_for_checkpoint(process, run_dir)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert RunDir(run_dir).manifest("sft") is None  # never marked done
+
+    output = finish(stage("sft", run_dir, overrides))
+    assert "resuming" in output
+    check_resumed_model(run_dir)
