@@ -13,5 +13,6 @@ from selfexplore.cli import main
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
+    parser.add_argument("--verbose", action="store_true", help="show what Ray, DeepSpeed and transformers print")
     args, overrides = parser.parse_known_args()
-    sys.exit(main(["run", args.config, *overrides]))
+    sys.exit(main(["run", args.config, *overrides] + ["--verbose"] * args.verbose))

@@ -12,5 +12,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("stage")
     parser.add_argument("--config", required=True)
+    parser.add_argument("--verbose", action="store_true", help="show what Ray, DeepSpeed and transformers print")
     args, overrides = parser.parse_known_args()
-    sys.exit(main(["stage", args.stage, args.config, *overrides]))
+    sys.exit(main(["stage", args.stage, args.config, *overrides] + ["--verbose"] * args.verbose))

@@ -2,6 +2,7 @@
 
     selfexplore run CONFIG [key=value ...]            the whole pipeline, then the accuracy table
     selfexplore stage NAME CONFIG [key=value ...]     one stage (its inputs must be finished)
+    selfexplore status RUN_DIR [key=value ...]        each stage done / stale / partial / not started
     selfexplore config CONFIG [key=value ...]         print the resolved config
     selfexplore eval --run RUN_DIR                    re-print a finished run's accuracy table
     selfexplore eval --endpoint URL --task T --data P evaluate any OpenAI-compatible server
@@ -9,7 +10,8 @@
     selfexplore submit CONFIG [key=value ...]         run the pipeline as a Ray job on a cluster
 
 Errors the user can fix (a bad config key, a malformed data row, a missing model) are one line on stderr and
-exit code 2; nothing is marked done.
+exit code 2; nothing is marked done. `run`, `stage` and `submit` show our own lines and progress bars and send
+what Ray, DeepSpeed, transformers and vLLM print to the run's `logs/`; `--verbose` shows everything.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import argparse
 import sys
 
 from selfexplore.config import dump_yaml, load_config
-from selfexplore.errors import ConfigError, DataError, ModelLoadError, StageError
+from selfexplore.errors import USER_ERRORS, ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args) or 0
-    except (ConfigError, DataError, ModelLoadError, StageError) as e:
+    except USER_ERRORS as e:
         print(f"selfexplore: error: {e}", file=sys.stderr)
         return 2
 
@@ -39,12 +41,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run the whole pipeline (skips finished stages)")
     add_config_args(run)
+    add_verbose_arg(run)
     run.set_defaults(func=cmd_run)
 
     stage = commands.add_parser("stage", help="run one stage")
     stage.add_argument("name", choices=list(stage_names()))
     add_config_args(stage)
+    add_verbose_arg(stage)
     stage.set_defaults(func=cmd_stage)
+
+    status = commands.add_parser("status", help="where a run stands: each stage done, stale, partial or not started")
+    status.add_argument("run_dir", help="a run directory, e.g. runs/tiny")
+    status.add_argument("overrides", nargs="*", help="dotted overrides of the run's config: which stages would they redo?")
+    status.set_defaults(func=cmd_status)
 
     config = commands.add_parser("config", help="print the resolved config")
     add_config_args(config)
@@ -69,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(submit)
     submit.add_argument("--address", default="http://127.0.0.1:8265", help="Ray dashboard address of the cluster")
     submit.add_argument("--no-wait", action="store_true", help="submit and return the job id")
+    add_verbose_arg(submit)
     submit.set_defaults(func=cmd_submit)
     return parser
 
@@ -84,19 +94,34 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="dotted overrides: sample.n=8 dpo.beta=0.05")
 
 
-def cmd_run(args) -> int:
-    from selfexplore.pipeline import run_pipeline
+def add_verbose_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", action="store_true", help="show what Ray, DeepSpeed, transformers and vLLM print (else in the run's logs/)")
 
-    run_pipeline(load_config(args.config, args.overrides))
+
+def cmd_run(args) -> int:
+    from selfexplore.pipeline import run_pipeline, session
+
+    cfg = load_config(args.config, args.overrides)
+    with session(cfg, args.verbose):
+        run_pipeline(cfg)
     return 0
 
 
 def cmd_stage(args) -> int:
-    from selfexplore.pipeline import check_inputs, run_stage
+    from selfexplore.pipeline import check_inputs, run_stage, session
 
     cfg = load_config(args.config, args.overrides)
-    check_inputs(cfg)
-    run_stage(cfg, args.name)
+    with session(cfg, args.verbose):
+        check_inputs(cfg)
+        run_stage(cfg, args.name)
+    return 0
+
+
+def cmd_status(args) -> int:
+    from selfexplore.run_dir import RunDir
+    from selfexplore.status import format_status
+
+    print(format_status(*RunDir.open(args.run_dir, args.overrides)))
     return 0
 
 
@@ -130,7 +155,7 @@ def cmd_submit(args) -> int:
     from selfexplore.submit import submit_pipeline
 
     cfg = load_config(args.config, args.overrides)  # fail here, not on the cluster, on a bad config
-    return submit_pipeline(args.config, args.overrides, cfg, args.address, wait=not args.no_wait)
+    return submit_pipeline(args.config, args.overrides, cfg, args.address, wait=not args.no_wait, verbose=args.verbose)
 
 
 if __name__ == "__main__":

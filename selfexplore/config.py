@@ -57,8 +57,13 @@ class TaskConfig:
     """Training set for gsm8k/math: a local JSON Lines file, or a hub dataset name (needs network)."""
     test_path: str = ""
     """Test set for gsm8k/math, as `train_path`."""
+    validation_fraction: float = 0.05
+    """Share of the training problems held out as the validation split (the same ones on every machine): what
+    settings are tuned on. The test split is only ever evaluated, once per trained model, and reported."""
+    validation_seed: int = 0
+    """Seed of the random choice of the validation problems."""
     max_train: int = 0
-    """Use only the first `max_train` training problems (0 = all)."""
+    """Use only the first `max_train` training problems, after the validation split is held out (0 = all)."""
     max_test: int = 0
     """Use only the first `max_test` test problems (0 = all)."""
     arith: ArithConfig = field(default_factory=ArithConfig)
@@ -290,9 +295,7 @@ class RunConfig:
     name: str = "tiny"
     """Run name; the run directory is `output_dir/name`."""
     output_dir: str = "runs"
-    """Parent of run directories: a local path or a shared one (NFS) for multi-node clusters."""
-    seed: int = 0
-    """Global seed."""
+    """Parent of run directories: a local path, or on a multi-node cluster a path every node sees (NFS); not a URI."""
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -405,11 +408,18 @@ def batch_split(cfg: TrainConfig, world_size: int) -> tuple[int, int]:
 def check_run(cfg: RunConfig, source: str) -> None:
     """Constraints between keys that types cannot express, checked when the config loads (before any stage runs,
     not deep inside a Ray worker an hour later)."""
+    if "://" in cfg.output_dir:
+        raise ConfigError(
+            f"{source}: `output_dir` {cfg.output_dir!r}: URIs are not supported; use a directory every node sees "
+            "(a local path on one machine, NFS/EFS/Filestore on a cluster)"
+        )
     for section in ("sft", "rft", "dpo"):
         try:
             batch_split(getattr(cfg, section), getattr(cfg, section).num_workers)
         except ValueError as e:
             raise ConfigError(f"{source}: `{section}.batch_size`: {e}") from None
+    if not 0.0 <= cfg.task.validation_fraction <= 0.5:
+        raise ConfigError(f"{source}: `task.validation_fraction` must be between 0 and 0.5, got {cfg.task.validation_fraction}")
     arith = cfg.task.arith
     if not 1 <= arith.min_ops <= arith.max_ops:
         raise ConfigError(f"{source}: `task.arith.min_ops` ({arith.min_ops}) must be at least 1 and at most `task.arith.max_ops` ({arith.max_ops})")

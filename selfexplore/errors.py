@@ -19,6 +19,9 @@ class ModelLoadError(ValueError):
     """A model directory an engine cannot load; the message names the directory and the reason."""
 
 
+USER_ERRORS = (ConfigError, DataError, ModelLoadError, StageError)
+"""What the CLI prints as one line: errors whose message says what to do."""
+
 ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception): \S")
 PYDANTIC_LINE = re.compile(r"^Value error, (.*?)(?: \[type=.*)?$")
 

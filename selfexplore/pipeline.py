@@ -14,18 +14,21 @@ import dataclasses
 import functools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import ray
 
+from selfexplore import console
 from selfexplore.config import RunConfig, dump_yaml
 from selfexplore.engines import check_backend
-from selfexplore.errors import StageError
+from selfexplore.errors import USER_ERRORS, StageError, root_cause
 from selfexplore.io import atomic_write, write_json
 from selfexplore.report import write_report
 from selfexplore.run_dir import STAGES, TRAINED_MODELS, RunDir, pipeline_stages, stage_fingerprint
 from selfexplore.stages import base, dpo, explore, rft, sample, select, sft
 from selfexplore.stages import eval as eval_stage
+from selfexplore.status import key_figure
 from selfexplore.tasks import get_task
 
 
@@ -58,12 +61,13 @@ def init_ray(cfg: RunConfig) -> None:
 
 
 def run_stage(cfg: RunConfig, name: str) -> dict:
-    """Run one stage unless its manifest is current; return the manifest."""
+    """Run one stage unless its manifest is current; return the manifest. What the libraries print while it runs
+    goes to the stage's log (`RunDir.stage_log`), which a failure names on the terminal."""
     run_dir = RunDir.of(cfg)
     fp = stage_fingerprint(cfg, name)
     manifest = run_dir.manifest(name)
     if manifest and manifest["fingerprint"] == fp:
-        print(f"[{name}] up to date ({manifest['wall_s']:.0f}s when it ran), skipping", flush=True)
+        console.say(f"[{name}] up to date ({manifest['wall_s']:.0f}s when it ran), skipping")
         return manifest
     stage = STAGES[name]
     for need in stage.needs:
@@ -71,17 +75,25 @@ def run_stage(cfg: RunConfig, name: str) -> dict:
             raise StageError(f"stage {name} needs stage {need} to be finished first: run `selfexplore run` or `selfexplore stage {need}`")
     started = run_dir.started(name)
     if started and started["fingerprint"] == fp and not manifest:
-        print(f"[{name}] resuming the run cut off at {started['started_at']}", flush=True)
+        console.say(f"[{name}] resuming the run cut off at {started['started_at']}")
     elif run_dir.stage_dir(name).exists():
         # Made under another config or other inputs, or by nobody we know of: never reuse any of it.
-        print(f"[{name}] {run_dir.stage_dir(name)} holds work from another config or inputs; starting over", flush=True)
+        console.say(f"[{name}] {run_dir.stage_dir(name)} holds work from another config or inputs; starting over")
         run_dir.discard(name)
-    print(f"[{name}] running", flush=True)
-    init_ray(cfg)
-    if not started or started["fingerprint"] != fp:
-        write_json(run_dir.stage_dir(name) / "started.json", {"fingerprint": fp, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    start = time.time()
-    metrics = RUNNERS[name](cfg, run_dir)
+    console.say(f"[{name}] running")
+    with console.log_to(run_dir.stage_log(name)) as log:
+        try:
+            init_ray(cfg)
+            if not started or started["fingerprint"] != fp:
+                write_json(run_dir.started_path(name), {"fingerprint": fp, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            start = time.time()
+            metrics = RUNNERS[name](cfg, run_dir)
+        except Exception as e:
+            console.log_exception()
+            console.warn(f"[{name}] failed" + (f"; full log: {log}" if log else ""))
+            if isinstance(e, USER_ERRORS):
+                raise
+            raise StageError(f"stage {name}: {root_cause(e)}") from e
     manifest = {
         "stage": name,
         "fingerprint": fp,
@@ -91,8 +103,8 @@ def run_stage(cfg: RunConfig, name: str) -> dict:
         "wall_s": time.time() - start,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    write_json(run_dir.stage_dir(name) / "manifest.json", manifest)
-    print(f"[{name}] done in {manifest['wall_s']:.0f}s", flush=True)
+    write_json(run_dir.manifest_path(name), manifest)
+    console.say(f"[{name}] done in {manifest['wall_s']:.0f}s: {key_figure(name, metrics)}")
     return manifest
 
 
@@ -112,9 +124,25 @@ def run_pipeline(cfg: RunConfig) -> str:
     run_dir.root.mkdir(parents=True, exist_ok=True)
     check_inputs(cfg)
     atomic_write(run_dir.config, dump_yaml(cfg))
+    stages = pipeline_stages(cfg)
+    log = console.log_file()
+    console.say(f"run `{cfg.name}`: {len(stages)} stages in {run_dir.root}" + (f" (library logs in {log.parent})" if log else ""))
     start = time.time()
-    for name in pipeline_stages(cfg):
+    for name in stages:
         run_stage(cfg, name)
     report = write_report(run_dir, cfg, time.time() - start)
-    print(report, flush=True)
+    console.say(f"\n{report}\nThe report with its figures: {run_dir.report}")
     return report
+
+
+@contextmanager
+def session(cfg: RunConfig, verbose: bool) -> Iterator[None]:
+    """A command's console (`console.session`): the libraries' output in the run's logs unless `verbose`. A Ray
+    that the command started is shut down inside it, so that the last lines its workers send land in the log too."""
+    ours = not ray.is_initialized()
+    with console.session(RunDir.of(cfg).run_log, verbose):
+        try:
+            yield
+        finally:
+            if ours and ray.is_initialized():
+                ray.shutdown()

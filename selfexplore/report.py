@@ -1,17 +1,33 @@
-"""`report.md` of a run: the accuracy of every evaluated model, and what sampling and exploration found.
+"""`report.md` of a run: the accuracy of every evaluated model, what sampling and exploration found, and figures.
 
-Written at the end of `selfexplore run`, and again by `selfexplore eval --run RUN_DIR`. Reads only manifests
-and eval summaries, so it works on any run directory, wherever it was moved.
+Written at the end of `selfexplore run`, and again by `selfexplore eval --run RUN_DIR`. Reads only what the run
+directory holds (manifests, eval summaries, samples, step values, training metrics), so it works on any run
+directory, wherever it was moved. The figures are PNGs under `report/`, linked relatively from `report.md`;
+each one is drawn when its data is there.
 """
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
+from selfexplore import figures
 from selfexplore.config import RunConfig
-from selfexplore.io import atomic_write, read_json
-from selfexplore.run_dir import MODEL_TITLES, STAGES, TRAINED_MODELS, RunDir
+from selfexplore.io import atomic_write, read_json, read_jsonl
+from selfexplore.rollout import iter_results
+from selfexplore.run_dir import MODEL_TITLES, SAMPLES, STAGES, STEP_VALUES, TRAINED_MODELS, RunDir
 
 
 def write_report(run_dir: RunDir, cfg: RunConfig, wall_s: float | None = None) -> str:
+    """Write `report.md` and its figures; return the report's text (what the terminal shows)."""
+    text = report_text(run_dir, cfg, wall_s)
+    drawn = draw_figures(run_dir, cfg)
+    links = [f"![{title}]({path.relative_to(run_dir.root).as_posix()})" for title, path in drawn]
+    atomic_write(run_dir.report, text + ("\n## Figures\n\n" + "\n\n".join(links) + "\n" if links else ""))
+    return text
+
+
+def report_text(run_dir: RunDir, cfg: RunConfig, wall_s: float | None) -> str:
     lines = [
         f"# selfexplore run `{run_dir.root.name}`",
         "",
@@ -20,10 +36,7 @@ def write_report(run_dir: RunDir, cfg: RunConfig, wall_s: float | None = None) -
         "| model | accuracy | 95% CI | correct / n |",
         "|---|---|---|---|",
     ]
-    for name in TRAINED_MODELS:
-        if not run_dir.eval_summary(name).is_file():
-            continue
-        s = read_json(run_dir.eval_summary(name))
+    for name, s in evaluated(run_dir):
         lo, hi = s["ci95"]
         lines.append(f"| {MODEL_TITLES[name]} | {100 * s['accuracy']:.1f}% | {100 * lo:.1f}–{100 * hi:.1f}% | {s['correct']} / {s['n']} |")
     metrics = {name: m["metrics"] for name in STAGES if (m := run_dir.manifest(name))}
@@ -45,6 +58,43 @@ def write_report(run_dir: RunDir, cfg: RunConfig, wall_s: float | None = None) -
     walls = {name: m["wall_s"] for name in STAGES if (m := run_dir.manifest(name))}
     this_run = f" (this invocation {wall_s:.0f}s)" if wall_s is not None else ""
     lines += ["", "Stage wall times: " + ", ".join(f"{n} {w:.0f}s" for n, w in walls.items()) + this_run + ".", ""]
-    report = "\n".join(lines)
-    atomic_write(run_dir.report, report)
-    return report
+    return "\n".join(lines)
+
+
+def evaluated(run_dir: RunDir) -> list[tuple[str, dict]]:
+    """(model stage, eval summary) of every evaluated model, in pipeline order."""
+    return [(name, read_json(run_dir.eval_summary(name))) for name in TRAINED_MODELS if run_dir.eval_summary(name).is_file()]
+
+
+def draw_figures(run_dir: RunDir, cfg: RunConfig) -> list[tuple[str, Path]]:
+    """Every figure whose data the run holds, as (title, PNG path)."""
+    assets = run_dir.report_assets
+    drawn = []
+    if models := evaluated(run_dir):
+        drawn.append(("Test accuracy per model", figures.accuracy([(MODEL_TITLES[n], s) for n, s in models], assets / "accuracy.png")))
+    if run_dir.manifest("sample") and (counts := sample_counts(run_dir)):
+        png = figures.pass_at_k(pass_at_k(counts), len(counts), cfg.sample.temperature, assets / "pass_at_k.png")
+        drawn.append(("pass@k of sampling", png))
+    if explore := run_dir.manifest("explore"):
+        histogram = {int(step): count for step, count in explore["metrics"]["pit_histogram"].items()}
+        if histogram:
+            png = figures.first_pits(histogram, explore["metrics"]["rejected"], cfg.explore.strategy, cfg.explore.k, assets / "first_pits.png")
+            drawn.append(("First-pit histogram", png))
+        if values := read_jsonl(run_dir.path(STEP_VALUES)):
+            drawn.append(("Monte-Carlo value of probed steps", figures.step_values(values, assets / "step_values.png")))
+    curves = {MODEL_TITLES[s]: read_jsonl(m) for s in ("dpo-outcome", "dpo-step") if (m := run_dir.train_logs(s).metrics).is_file()}
+    if any(curves.values()):
+        drawn.append(("DPO training curves", figures.dpo_curves(curves, cfg.dpo.beta, assets / "dpo_training.png")))
+    return drawn
+
+
+def sample_counts(run_dir: RunDir) -> list[tuple[int, int]]:
+    """(samples, correct samples) of every sampled problem, one shard in memory at a time."""
+    return [(len(r["samples"]), sum(s["correct"] for s in r["samples"])) for r in iter_results(run_dir.path(SAMPLES))]
+
+
+def pass_at_k(counts: list[tuple[int, int]]) -> list[float]:
+    """The unbiased pass@k estimator (Chen et al., 2021) for k = 1..n, averaged over problems: for a problem with c
+    of its n samples correct, 1 - C(n - c, k) / C(n, k)."""
+    n = min(samples for samples, _ in counts)
+    return [sum(1 - math.comb(m - c, k) / math.comb(m, k) for m, c in counts) / len(counts) for k in range(1, n + 1)]

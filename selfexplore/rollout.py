@@ -7,9 +7,11 @@
 
 Ray Data shards the rows over `engine.num_engines` actors (`map_batches` with an actor pool; on a cluster the
 actors spread over nodes, each with `engine.num_gpus` GPUs, or a placement group of `tensor_parallel_size` GPUs
-for a vLLM engine that spans several). The driver writes every finished batch to its own shard file as results
-stream back and keeps only their keys, so its memory stays bounded at any scale; later steps read the shards back
-as they need them. A run that was cut off resumes from its finished shards (the pipeline deletes a stage's
+for a vLLM engine that spans several). A vLLM actor works on `engine.vllm.batches_in_flight` batches at once
+(threads sharing one engine), so its engine never drains between batches; batches then finish out of order, which
+nothing minds: results are matched to rows by key. The driver writes every finished batch to its own shard file as
+results stream back and keeps only their keys, so its memory stays bounded at any scale; later steps read the
+shards back as they need them. A run that was cut off resumes from its finished shards (the pipeline deletes a stage's
 directory when it starts under another fingerprint, so the shards found here were made under the current one).
 
 Rows cross Ray Data as JSON strings: the records are nested and ragged (lists of samples, of probes), which Arrow
@@ -20,21 +22,25 @@ from __future__ import annotations
 
 import abc
 import json
-import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import ray
 
+from selfexplore import console
 from selfexplore.config import EngineConfig
 from selfexplore.errors import StageError, root_cause
-from selfexplore.io import read_jsonl, write_jsonl
+from selfexplore.io import read_json, read_jsonl, write_json, write_jsonl
+
+NODES_FILE = "nodes.json"
+"""Next to the shards: the node id of the engine that wrote each shard."""
 
 class EngineWorker(abc.ABC):
     """Base of the Ray Data callable classes: loads the engine and the task once per actor.
 
-    Subclasses implement `process(rows) -> results`, one result (a JSON-able dict) per input row.
+    Subclasses implement `process(rows) -> results`, one result (a JSON-able dict) per input row. With the vLLM
+    backend several batches run `process` at once on threads of one actor: it may share the engine and the task,
+    nothing else it writes to.
     """
 
     def __init__(self, model_dir: str, engine_cfg: EngineConfig, task_name: str, **settings):
@@ -53,7 +59,9 @@ class EngineWorker(abc.ABC):
 
     def __call__(self, batch: dict) -> dict:
         rows = [json.loads(text) for text in batch["row"]]
-        return {"result": [json.dumps(result) for result in self.process(rows)]}
+        results = [json.dumps(result) for result in self.process(rows)]
+        # Where the batch ran, for the stage's manifest; kept out of the results, which must not depend on it.
+        return {"result": results, "node": [ray.get_runtime_context().get_node_id()] * len(results)}
 
     @abc.abstractmethod
     def process(self, rows: list[dict]) -> list[dict]:
@@ -74,29 +82,40 @@ def run_rollout(
     done = {result[key] for result in iter_results(shard_dir)}
     todo = [row for row in rows if row[key] not in done]
     if done:
-        print(f"  resuming: {len(rows) - len(todo)}/{len(rows)} {what} already done in {shard_dir}", flush=True)
+        console.say(f"  resuming: {len(rows) - len(todo)}/{len(rows)} {what} already done in {shard_dir}")
     if not todo:
         return
-    progress = Progress(what, total=len(rows), done=len(rows) - len(todo))
+    progress = console.Progress(what, total=len(rows), done=len(rows) - len(todo))
     placement_groups: list = []  # one per tensor-parallel GPU engine; their GPUs go back when the rollout ends
+    # A vLLM engine is thread-safe: with several `__call__`s at once on an actor (threads), their requests share the
+    # engine's running batch and it never drains between batches. `hf` runs one batch at a time.
+    calls = engine_cfg.vllm.batches_in_flight if engine_cfg.backend == "vllm" else 1
     dataset = ray.data.from_items([{"row": json.dumps(row)} for row in todo])
     dataset = dataset.map_batches(
         worker_cls,
         fn_constructor_kwargs=worker_kwargs,
         batch_size=engine_cfg.rows_per_batch,
-        compute=ray.data.ActorPoolStrategy(size=engine_cfg.num_engines),
+        compute=ray.data.ActorPoolStrategy(
+            size=engine_cfg.num_engines, max_concurrent_calls_per_actor=calls, enable_true_multi_threading=calls > 1
+        ),
         num_cpus=engine_cfg.num_cpus,
         runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
+        # A dead engine actor (OOM-killed, node lost) is restarted and its batch retried, a few times, not forever.
+        max_restarts=3,
         **engine_resources(engine_cfg, placement_groups),
     )
     shard_idx = len(list(shard_dir.glob("part-*.jsonl")))
+    nodes = read_json(shard_dir / NODES_FILE) if (shard_dir / NODES_FILE).is_file() else {}
     try:
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             results = [json.loads(text) for text in batch["result"]]
-            write_jsonl(shard_dir / f"part-{shard_idx:05d}.jsonl", results)
+            shard = f"part-{shard_idx:05d}.jsonl"
+            write_jsonl(shard_dir / shard, results)
+            nodes[shard] = str(batch["node"][0])
+            write_json(shard_dir / NODES_FILE, nodes)
             shard_idx += 1
             done.update(result[key] for result in results)
-            progress.advance(len(results))
+            progress.update(len(done))
     except Exception as e:  # noqa: BLE001 - Ray wraps the engine's error; the user needs its last line and a way out
         raise StageError(
             f"{what}: the `{engine_cfg.backend}` engine failed ({root_cause(e)}); {len(done)}/{len(rows)} rows are "
@@ -104,9 +123,14 @@ def run_rollout(
             + (", engine.vllm.max_num_seqs or engine.vllm.gpu_memory_utilization" if engine_cfg.backend == "vllm" else "")
         ) from e
     finally:
+        progress.close()
         for group in placement_groups:
             ray.util.remove_placement_group(group)
-    progress.finish()
+
+
+def rollout_nodes(shard_dir: Path) -> list[str]:
+    """The Ray node ids of the engines that wrote the shards in `shard_dir` (across resumes)."""
+    return sorted(set(read_json(shard_dir / NODES_FILE).values())) if (shard_dir / NODES_FILE).is_file() else []
 
 
 def iter_results(shard_dir: Path) -> Iterator[dict]:
@@ -139,30 +163,3 @@ def engine_resources(cfg: EngineConfig, placement_groups: list) -> dict:
         return {"scheduling_strategy": strategy}
 
     return {"num_gpus": 0, "ray_remote_args_fn": placement}
-
-
-class Progress:
-    """A progress line on stdout at most every few seconds: done/total, rate, eta."""
-
-    def __init__(self, what: str, total: int, done: int = 0, every_s: float = 5.0):
-        self.what, self.total, self.done, self.every_s = what, total, done, every_s
-        self.start_done, self.start = done, time.time()
-        self.last_print = 0.0
-        self.quiet = os.environ.get("SELFEXPLORE_QUIET") == "1"
-
-    def advance(self, n: int) -> None:
-        self.done += n
-        if time.time() - self.last_print >= self.every_s:
-            self._print()
-
-    def finish(self) -> None:
-        self._print(final=True)
-
-    def _print(self, final: bool = False) -> None:
-        if self.quiet:
-            return
-        self.last_print = now = time.time()
-        elapsed = now - self.start
-        rate = (self.done - self.start_done) / elapsed if elapsed > 0 else 0.0
-        eta = f", eta {(self.total - self.done) / rate:.0f}s" if rate > 0 and not final else ""
-        print(f"  {self.done}/{self.total} {self.what} ({rate:.1f}/s, {elapsed:.0f}s{eta})", flush=True)

@@ -1,13 +1,15 @@
 """The run directory: every path of a run, every stage, what each reads and which config decides its output.
 
     runs/NAME/
-      config.yaml  report.md  report/  logs/
+      config.yaml  report.md  report/*.png
+      logs/run.log  logs/<stage>.log      what Ray, DeepSpeed, transformers... printed (the terminal shows our lines)
       base/model/                         the base model (unless `model.path` names one)
-      sft/model/   rft/model/   dpo-outcome/model/   dpo-step/model/   (+ `train/`: Ray Train checkpoints)
+      sft/model/   rft/model/   dpo-outcome/model/   dpo-step/model/
+        (+ `train/`: Ray Train checkpoints, `metrics.jsonl` and `tensorboard/`: every logged training step)
       sample/samples/part-*.jsonl         N graded samples per problem (the resume unit)
       select/rft.jsonl  select/pairs.jsonl    the RFT set and the outcome pairs
       explore/probes/part-*.jsonl  explore/gpairs.jsonl  explore/step_values.jsonl
-      eval/<model>/results.jsonl  eval/<model>/summary.json
+      eval/<model>/{validation,test}.jsonl  eval/<model>/{validation,test}.summary.json
       <stage>/started.json  <stage>/manifest.json
 
 A stage is done when its `manifest.json` holds its current fingerprint: a hash of the config that decides its
@@ -111,6 +113,14 @@ def stage_fingerprint(cfg: RunConfig, name: str) -> str:
 
 
 @dataclass(frozen=True)
+class TrainLogs:
+    """What a training stage records of every logged step: one JSON line each, and TensorBoard event files."""
+
+    metrics: Path
+    tensorboard: Path
+
+
+@dataclass(frozen=True)
 class RunDir:
     """The paths of one run. `external_base_model` is `model.path` when the base model lives outside the run."""
 
@@ -122,12 +132,13 @@ class RunDir:
         return cls(Path(cfg.output_dir) / cfg.name, cfg.model.path)
 
     @classmethod
-    def open(cls, path: str | Path) -> tuple[RunDir, RunConfig]:
-        """An existing run where it lies now, whatever `output_dir` said when it ran (it may have been moved)."""
+    def open(cls, path: str | Path, overrides: list[str] = ()) -> tuple[RunDir, RunConfig]:
+        """An existing run where it lies now, whatever `output_dir` said when it ran (it may have been moved), and
+        its config with `overrides` applied."""
         root = Path(path)
         if not (root / "config.yaml").is_file():
             raise ConfigError(f"{root}: not a run directory (no config.yaml); runs live in `output_dir/name`, e.g. runs/tiny")
-        cfg = load_config(root / "config.yaml")
+        cfg = load_config(root / "config.yaml", overrides)
         return cls(root, cfg.model.path), cfg
 
     @property
@@ -146,6 +157,15 @@ class RunDir:
     def logs(self) -> Path:
         return self.root / "logs"
 
+    @property
+    def run_log(self) -> Path:
+        """What the libraries print outside any stage (checking inputs, writing the report)."""
+        return self.logs / "run.log"
+
+    def stage_log(self, name: str) -> Path:
+        """What the libraries print while stage `name` runs, its workers' output included."""
+        return self.logs / f"{name}.log"
+
     def stage_dir(self, name: str) -> Path:
         return self.root / (STAGES[name].directory or name)
 
@@ -161,18 +181,34 @@ class RunDir:
         """Ray Train's checkpoints of a training stage (what a cut-off training resumes from)."""
         return self.stage_dir(stage) / "train"
 
-    def eval_results(self, model_stage: str) -> Path:
-        return self.stage_dir(f"eval-{model_stage}") / "results.jsonl"
+    def train_logs(self, stage: str) -> TrainLogs:
+        return TrainLogs(self.stage_dir(stage) / "metrics.jsonl", self.stage_dir(stage) / "tensorboard")
 
-    def eval_summary(self, model_stage: str) -> Path:
-        return self.stage_dir(f"eval-{model_stage}") / "summary.json"
+    def shards(self, name: str) -> Path | None:
+        """The shard directory of a rollout stage (what a cut-off rollout resumes from); None for other stages."""
+        if name.startswith("eval-"):
+            return self.stage_dir(name) / "shards"
+        return {"sample": self.path(SAMPLES), "explore": self.path(PROBES)}.get(name)
+
+    def eval_results(self, model_stage: str, split: str = "test") -> Path:
+        """One graded row per problem of `split` (`test`: reported; `validation`: what settings are tuned on)."""
+        return self.stage_dir(f"eval-{model_stage}") / f"{split}.jsonl"
+
+    def eval_summary(self, model_stage: str, split: str = "test") -> Path:
+        return self.stage_dir(f"eval-{model_stage}") / f"{split}.summary.json"
+
+    def manifest_path(self, name: str) -> Path:
+        return self.stage_dir(name) / "manifest.json"
+
+    def started_path(self, name: str) -> Path:
+        return self.stage_dir(name) / "started.json"
 
     def manifest(self, name: str) -> dict | None:
-        path = self.stage_dir(name) / "manifest.json"
+        path = self.manifest_path(name)
         return read_json(path) if path.is_file() else None
 
     def started(self, name: str) -> dict | None:
-        path = self.stage_dir(name) / "started.json"
+        path = self.started_path(name)
         return read_json(path) if path.is_file() else None
 
     def is_done(self, cfg: RunConfig, name: str) -> bool:
@@ -187,6 +223,8 @@ class RunDir:
         shutil.rmtree(trash)
 
     def best_model(self) -> str | None:
-        """The evaluated model with the highest test accuracy (ties: the later stage), or None before eval."""
-        scores = {name: read_json(self.eval_summary(name))["accuracy"] for name in TRAINED_MODELS if self.eval_summary(name).is_file()}
+        """The evaluated model with the highest validation accuracy (chosen on validation, never on test; ties: the
+        later stage), or None before eval."""
+        summaries = {name: self.eval_summary(name, "validation") for name in TRAINED_MODELS}
+        scores = {name: read_json(path)["accuracy"] for name, path in summaries.items() if path.is_file()}
         return max(reversed(list(scores)), key=scores.get) if scores else None

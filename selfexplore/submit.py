@@ -18,9 +18,12 @@ from selfexplore.config import RunConfig
 EXCLUDES = [".venv", "runs", ".git", "__pycache__", "*.egg-info", ".pytest_cache"]
 
 
-def submit_pipeline(config_path: str, overrides: list[str], cfg: RunConfig, address: str, wait: bool = True, python: str = "python") -> int:
+def submit_pipeline(
+    config_path: str, overrides: list[str], cfg: RunConfig, address: str, wait: bool = True, python: str = "python", verbose: bool = False
+) -> int:
     client = JobSubmissionClient(address)
-    entrypoint = " ".join([python, "-m", "jobs.pipeline", "--config", shlex.quote(config_path), *map(shlex.quote, overrides)])
+    command = [python, "-m", "jobs.pipeline", "--config", shlex.quote(config_path), *map(shlex.quote, overrides)]
+    entrypoint = " ".join(command + ["--verbose"] * verbose)
     runtime_env = {"working_dir": ".", "excludes": EXCLUDES, "env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}}
     job_id = submit_with_retry(client, entrypoint, runtime_env)
     print(f"submitted job {job_id} to {address} (run `{cfg.name}`, output under {cfg.output_dir})", flush=True)

@@ -1,8 +1,19 @@
 """Shared test fixtures. Every module's docstring says where its tests run and how long they take."""
 
+import contextlib
+import io
 import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+
+from selfexplore.run_dir import RunDir
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +45,38 @@ def quick_overrides() -> list[str]:
         "dpo.epochs=1",
         "engine.num_engines=1",
     ]
+
+
+@dataclass(frozen=True)
+class QuickRun:
+    """The quick preset run once per session as a Ray job on a two-node local cluster (`cluster/local.sh up 2`)."""
+
+    run_dir: RunDir
+    overrides: list[str]
+    logs: str
+    """What `selfexplore submit` printed: the job's logs, followed to the end."""
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory, quick_overrides) -> QuickRun:
+    """Runs on: CPU, 2 cores, ~5 minutes. Two nodes of one CPU each, so that two engine actors and two training
+    workers must spread over both; the cluster is stopped (only the processes it started) before the tests run."""
+    from selfexplore.config import load_config
+    from selfexplore.submit import submit_pipeline
+
+    # Short: Ray's socket paths under it must stay within 107 bytes (pytest's tmp paths are too long).
+    state = Path(tempfile.mkdtemp(prefix="sx-cluster-", dir="/tmp"))
+    env = {**os.environ, "SELFEXPLORE_CLUSTER_DIR": str(state), "PYTHON": sys.executable, "RAY": str(Path(sys.executable).parent / "ray")}
+    up = subprocess.run([str(REPO / "cluster" / "local.sh"), "up", "2", "1"], env=env, capture_output=True, text=True, timeout=300)
+    assert up.returncode == 0, up.stderr
+    try:
+        output_dir = tmp_path_factory.mktemp("runs")
+        overrides = [f"output_dir={output_dir}", "name=quick", *quick_overrides, "engine.num_engines=2"]
+        logs = io.StringIO()
+        with contextlib.chdir(REPO), contextlib.redirect_stdout(logs):
+            cfg = load_config("configs/tiny.yaml", overrides)
+            code = submit_pipeline("configs/tiny.yaml", overrides, cfg, up.stdout.strip(), python=sys.executable)
+        assert code == 0, logs.getvalue()[-5000:]
+    finally:
+        subprocess.run([str(REPO / "cluster" / "local.sh"), "down"], env=env, capture_output=True, timeout=120)
+    return QuickRun(RunDir(output_dir / "quick"), overrides, logs.getvalue())

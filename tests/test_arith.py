@@ -10,12 +10,17 @@ from selfexplore.tasks import format_prompt, get_task
 arith = get_task("arith")
 
 
-def test_splits_are_fixed_by_the_seed_and_disjoint():
-    cfg = TaskConfig(arith=ArithConfig(n_train=300, n_test=50))
-    train, test = arith.load("train", cfg), arith.load("test", cfg)
-    assert train == arith.load("train", cfg) and len(train) == 300 and len(test) == 50
-    assert not {p["question"] for p in train} & {p["question"] for p in test}
-    assert len({p["id"] for p in train + test}) == 350
+def test_splits_are_fixed_by_the_seeds_and_disjoint():
+    cfg = TaskConfig(validation_fraction=0.1, arith=ArithConfig(n_train=300, n_test=50))
+    train, validation, test = (arith.load(split, cfg) for split in ("train", "validation", "test"))
+    assert train == arith.load("train", cfg) and (len(train), len(validation), len(test)) == (270, 30, 50)
+    questions = [{p["question"] for p in split} for split in (train, validation, test)]
+    assert not questions[0] & questions[1] and not questions[0] & questions[2] and not questions[1] & questions[2]
+    assert len({p["id"] for p in train + validation + test}) == 350
+    other = arith.load("validation", TaskConfig(validation_fraction=0.1, validation_seed=1, arith=cfg.arith))
+    assert len(other) == 30 and other != validation  # the validation seed picks which problems are held out
+    with pytest.raises(ValueError, match="splits train, validation, test, not 'dev'"):
+        arith.load("dev", cfg)
 
 
 def test_solutions_are_gsm8k_shaped_and_grade_correct():

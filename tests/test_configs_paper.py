@@ -48,4 +48,6 @@ def test_the_configured_data_loads(task, rows):
     if not all(path.is_file() for path in paths):
         pytest.skip(f"{cfg.train_path} / {cfg.test_path} not next to this checkout")
     cfg.train_path, cfg.test_path = map(str, paths)
-    assert (len(get_task(task).load("train", cfg)), len(get_task(task).load("test", cfg))) == rows
+    train, validation, test = (len(get_task(task).load(split, cfg)) for split in ("train", "validation", "test"))
+    # 5% of the training rows are held out for validation (task.validation_fraction): what settings are tuned on.
+    assert (train + validation, test) == rows and validation == round(0.05 * rows[0])

@@ -39,7 +39,9 @@ def hf_engine(model_dir):
 
 @pytest.fixture(scope="module")
 def vllm_engine(model_dir, vllm_installed):
-    return load_engine(model_dir, EngineConfig(backend="vllm", dtype="float32"))
+    engine = load_engine(model_dir, EngineConfig(backend="vllm", dtype="float32"))
+    yield engine
+    engine.close()
 
 
 @pytest.fixture(params=["hf", "vllm"])
@@ -61,6 +63,15 @@ def test_seeded_samples_depend_on_the_prompt_seed_alone(engine):
     assert len(set(together[0])) == 3  # the n completions of one prompt differ from each other
 
 
+def test_vllm_calls_from_several_threads_share_the_engine_and_keep_their_samples(vllm_engine):
+    from concurrent.futures import ThreadPoolExecutor
+
+    together = sampled(vllm_engine, PROMPTS, seeds=[11, 12, 13, 14])
+    with ThreadPoolExecutor(len(PROMPTS)) as pool:  # one call per prompt, all in the engine at once
+        apart = list(pool.map(lambda i: sampled(vllm_engine, PROMPTS[i : i + 1], seeds=[11 + i])[0], range(len(PROMPTS))))
+    assert apart == together
+
+
 def test_completions_carry_their_tokens(engine):
     (out,) = engine.generate([engine.encode(PROMPTS[0])], [SamplingParams(n=2, temperature=1.0, max_tokens=16, seed=1)])
     for c in out:
@@ -77,6 +88,30 @@ def test_vllm_greedy_equals_hf_greedy(hf_engine, vllm_engine):
     }
     assert len({tuple(ids) for ids in answers["hf"]}) == len(PROMPTS)  # not trivially equal: all answers differ
     assert answers["vllm"] == answers["hf"]
+
+
+def test_a_vllm_engine_that_dies_fails_every_call_in_flight_and_later(model_dir, vllm_installed):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import psutil
+
+    from selfexplore.errors import root_cause
+
+    others = set(psutil.Process().children(recursive=True))  # the module's engine, which must live on
+    engine = load_engine(model_dir, EngineConfig(backend="vllm", dtype="float32"))
+    long = [SamplingParams(n=8, temperature=1.0, max_tokens=200, seed=1)] * 32
+    prompts = [engine.encode(PROMPTS[0])] * 32
+    with ThreadPoolExecutor(2) as pool:
+        calls = [pool.submit(engine.generate, prompts, long) for _ in range(2)]
+        for process in set(psutil.Process().children(recursive=True)) - others:
+            process.kill()  # as the kernel's out-of-memory killer would
+        for call in calls:
+            with pytest.raises(Exception, match="EngineCore") as error:
+                call.result(timeout=60)  # an error, not a hang
+            assert type(error.value).__name__ == "EngineDeadError" and "\n" not in root_cause(error.value)
+    with pytest.raises(Exception, match="EngineCore"):
+        engine.generate(prompts[:1], long[:1])
+    engine.close()
 
 
 def test_a_directory_vllm_cannot_load_is_one_line_naming_it(tmp_path, vllm_installed):

@@ -1,8 +1,10 @@
-"""Crash safety with real signals: SIGKILL the driver in the middle of `sample`, run it again, and the result is
-what an uninterrupted run writes — every problem once, the same samples, byte-identical RFT set and pairs.
+"""Crash safety with real signals. Each rollout stage of the session's two-node run (`quick_run`) is run again on
+a copy, locally with one engine and 8 rows per batch, and SIGKILLed in the middle — the driver (with its whole
+process group), or one engine actor; after a rerun its outputs equal the uninterrupted two-node run's: every row
+once, the same samples and probes, byte-identical pairs, step values and eval files (`hf` engine).
 
-Runs on: CPU, 2 cores, ~3 minutes: `selfexplore stage` subprocesses (each with its own in-process Ray, killed
-with its whole process group), the quick preset, the `hf` engine.
+Runs on: CPU, 2 cores, ~4 minutes after `quick_run`: `selfexplore stage` subprocesses, each with its own
+in-process Ray.
 """
 
 import os
@@ -13,17 +15,21 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
+import psutil
 
 from selfexplore.rollout import iter_results
-from selfexplore.run_dir import OUTCOME_PAIRS, RFT_SET, SAMPLES, RunDir
+from selfexplore.run_dir import OUTCOME_PAIRS, PROBES, RFT_SET, SAMPLES, STEP_PAIRS, STEP_VALUES, RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "SELFEXPLORE_QUIET": "1"}
+# Neither changes a stage's output (per-row seeds), so neither is in its fingerprint: the copy's finished upstream
+# stages stay current, and the rerun must reproduce the two-node run exactly.
+LOCAL = ["engine.num_engines=1", "engine.rows_per_batch=8"]
 
 
-def stage(name: str, run_dir: Path, overrides: list[str]) -> subprocess.Popen:
-    args = [sys.executable, "-m", "selfexplore.cli", "stage", name, "configs/tiny.yaml", f"output_dir={run_dir.parent}", f"name={run_dir.name}", *overrides]
+def stage(name: str, run_dir: RunDir, overrides: list[str]) -> subprocess.Popen:
+    args = [sys.executable, "-m", "selfexplore.cli", "stage", name, "configs/tiny.yaml", f"output_dir={run_dir.root.parent}",
+            f"name={run_dir.root.name}", *overrides, *LOCAL]
     return subprocess.Popen(args, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
@@ -33,48 +39,71 @@ def finish(process: subprocess.Popen) -> str:
     return output
 
 
-def samples(run_dir: Path) -> tuple[dict, int]:
-    records = list(iter_results(RunDir(run_dir).path(SAMPLES)))
-    return {r["id"]: r["samples"] for r in records}, len(records)
+def copy_without(quick_run, name: str, tmp_path: Path) -> RunDir:
+    """A copy of the finished run with stage `name` gone, as if it had never run."""
+    copy = RunDir(tmp_path / "copy")
+    shutil.copytree(quick_run.run_dir.root, copy.root)
+    copy.discard(name)
+    return copy
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, quick_overrides):
-    """A run with its base and SFT models, and the overrides that made it (8 problems per sample batch)."""
-    run_dir = tmp_path_factory.mktemp("runs") / "kill"
-    overrides = [*quick_overrides, "engine.rows_per_batch=8"]
-    for name in ("base", "sft"):
-        finish(stage(name, run_dir, overrides))
-    return run_dir, overrides
-
-
-def test_sample_killed_mid_stage_resumes_to_the_uninterrupted_result(trained, tmp_path):
-    run_dir, overrides = trained
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    for copy in (whole, killed):
-        shutil.copytree(run_dir, copy)
-    finish(stage("sample", whole, overrides))
-
-    process = stage("sample", killed, overrides)
-    shards = RunDir(killed).path(SAMPLES)
+def wait_for_shards(process: subprocess.Popen, shard_dir: Path, n: int) -> None:
     deadline = time.time() + 600
-    while len(list(shards.glob("part-*.jsonl"))) < 2:  # killed between finished batches, mid-stage
+    while len(list(shard_dir.glob("part-*.jsonl"))) < n:
         assert process.poll() is None and time.time() < deadline, "the stage ended before it could be killed"
-        time.sleep(0.2)
+        time.sleep(0.1)
+
+
+def kill_driver_and_resume(copy: RunDir, name: str, shard_dir: Path, overrides: list[str]) -> None:
+    process = stage(name, copy, overrides)
+    wait_for_shards(process, shard_dir, 2)  # killed between finished batches, mid-stage
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    assert RunDir(killed).manifest("sample") is None  # a killed stage is never marked done
-    partial, _ = samples(killed)
-    assert 0 < len(partial) < 64
+    assert copy.manifest(name) is None  # a killed stage is never marked done
+    assert "resuming" in finish(stage(name, copy, overrides))
 
-    output = finish(stage("sample", killed, overrides))
-    assert "resuming" in output
-    resumed, records = samples(killed)
-    expected, _ = samples(whole)
-    assert records == len(resumed) == 64  # every problem once: none lost, none duplicated
-    assert resumed == expected
-    assert RunDir(killed).manifest("sample")["metrics"] == RunDir(whole).manifest("sample")["metrics"]
-    for copy in (whole, killed):
-        finish(stage("select", copy, overrides))
+
+def by_key(shard_dir: Path, key: str) -> dict:
+    records = list(iter_results(shard_dir))
+    by = {record[key]: record for record in records}
+    assert len(by) == len(records), "a row was written twice"
+    return by
+
+
+def test_sample_killed_mid_stage_resumes_to_the_uninterrupted_result(quick_run, tmp_path):
+    copy = copy_without(quick_run, "sample", tmp_path)
+    kill_driver_and_resume(copy, "sample", copy.path(SAMPLES), quick_run.overrides)
+    assert by_key(copy.path(SAMPLES), "id") == by_key(quick_run.run_dir.path(SAMPLES), "id")  # 64 problems, once each
+    copy.discard("select")
+    finish(stage("select", copy, quick_run.overrides))
     for artifact in (RFT_SET, OUTCOME_PAIRS):
-        assert RunDir(killed).path(artifact).read_bytes() == RunDir(whole).path(artifact).read_bytes(), artifact
+        assert copy.path(artifact).read_bytes() == quick_run.run_dir.path(artifact).read_bytes(), artifact
+
+
+def test_explore_killed_mid_stage_resumes_to_the_uninterrupted_result(quick_run, tmp_path):
+    copy = copy_without(quick_run, "explore", tmp_path)
+    kill_driver_and_resume(copy, "explore", copy.path(PROBES), quick_run.overrides)
+    assert by_key(copy.path(PROBES), "key") == by_key(quick_run.run_dir.path(PROBES), "key")
+    for artifact in (STEP_PAIRS, STEP_VALUES):
+        assert copy.path(artifact).read_bytes() == quick_run.run_dir.path(artifact).read_bytes(), artifact
+
+
+def test_eval_killed_mid_stage_resumes_to_the_uninterrupted_result(quick_run, tmp_path):
+    copy = copy_without(quick_run, "eval-sft", tmp_path)
+    kill_driver_and_resume(copy, "eval-sft", copy.shards("eval-sft") / "validation", quick_run.overrides)
+    for path in (copy.eval_results("sft", "validation"), copy.eval_summary("sft", "validation"), copy.eval_results("sft"), copy.eval_summary("sft")):
+        assert path.read_bytes() == (quick_run.run_dir.root / path.relative_to(copy.root)).read_bytes(), path
+
+
+def test_a_killed_engine_actor_is_restarted_and_every_row_done_once(quick_run, tmp_path):
+    copy = copy_without(quick_run, "eval-rft", tmp_path)
+    process = stage("eval-rft", copy, quick_run.overrides)
+    wait_for_shards(process, copy.shards("eval-rft") / "validation", 1)
+    actors = [p for p in psutil.process_iter(["cmdline"]) if any("EvalWorker" in part for part in p.info["cmdline"] or [])]
+    assert len(actors) == 1
+    actors[0].send_signal(signal.SIGKILL)
+    finish(process)
+    for split in ("validation", "test"):
+        assert by_key(copy.shards("eval-rft") / split, "id").keys() == by_key(quick_run.run_dir.shards("eval-rft") / split, "id").keys()
+    for path in (copy.eval_results("rft", "validation"), copy.eval_results("rft"), copy.eval_summary("rft")):
+        assert path.read_bytes() == (quick_run.run_dir.root / path.relative_to(copy.root)).read_bytes(), path

@@ -1,6 +1,7 @@
 """Training survives crashes, with real signals: SIGKILL one Ray Train worker mid-SFT and Ray Train restarts the
 group from the last checkpoint; SIGKILL the driver mid-SFT and the next run resumes from it, not from step 0.
-Either way the final model loads and the manifest says where training picked up.
+Either way the final model loads, the manifest says where training picked up and `metrics.jsonl` holds every
+logged step once.
 
 Runs on: CPU, 2 cores, ~3 minutes: `selfexplore stage sft` subprocesses (each with its own in-process Ray,
 killed with its whole process group), the quick preset with a checkpoint every 10 of 60 steps, two workers.
@@ -19,6 +20,7 @@ import psutil
 import pytest
 from transformers import AutoModelForCausalLM
 
+from selfexplore.io import read_jsonl
 from selfexplore.run_dir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,6 +71,8 @@ def check_resumed_model(run_dir: Path) -> dict:
     assert metrics["steps"] == 60
     assert metrics["resumed_from_step"] >= SAVE_STEPS and metrics["resumed_from_step"] % SAVE_STEPS == 0
     AutoModelForCausalLM.from_pretrained(RunDir(run_dir).model_dir("sft"))
+    # metrics.jsonl holds every logged step once: the restart dropped the steps logged after its checkpoint.
+    assert [row["step"] for row in read_jsonl(RunDir(run_dir).train_logs("sft").metrics)] == [1, 10, 20, 30, 40, 50, 60]
     return metrics
 
 

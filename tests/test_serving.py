@@ -394,8 +394,8 @@ def test_a_run_directory_serves_its_best_model(tmp_path):
     model = resolve_model(run_dir.root)
     assert (Path(model.model_dir).parent.name, model.name, model.task) == ("dpo-step", "myrun-dpo-step", "arith")
     for stage, accuracy in (("sft", 0.5), ("rft", 0.7), ("dpo-step", 0.6)):
-        run_dir.eval_summary(stage).parent.mkdir(parents=True)
-        run_dir.eval_summary(stage).write_text(json.dumps({"accuracy": accuracy}))
+        run_dir.eval_summary(stage, "validation").parent.mkdir(parents=True)
+        run_dir.eval_summary(stage, "validation").write_text(json.dumps({"accuracy": accuracy}))
     assert resolve_model(run_dir.root).name == "myrun-rft"
     with pytest.raises(ConfigError, match="neither an HF model directory"):
         resolve_model(tmp_path)

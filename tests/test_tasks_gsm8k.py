@@ -72,7 +72,7 @@ def test_missing_or_empty_sources_are_clear_errors(tmp_path):
         gsm8k.load("train", config(train=str(tmp_path / "nope.jsonl")))
     with pytest.raises(DataError, match="no rows"):
         gsm8k.load("train", config(train=write_jsonl(tmp_path / "e.jsonl", [])))
-    with pytest.raises(ValueError, match="splits train and test"):
+    with pytest.raises(ValueError, match="splits train, validation, test"):
         gsm8k.load("dev", config(train="x"))
 
 
@@ -150,7 +150,8 @@ def test_answer_line_is_the_last_step():
 @needs_data
 @pytest.mark.parametrize("split, rows", [("train", 7473), ("test", 1319)])
 def test_every_gold_answer_extracts_and_grades(split, rows):
-    cfg = config(train=str(DATA / "GSM8K_train.jsonl"), test=str(DATA / "GSM8K_test.jsonl"))
+    # Every row: no validation split held out of train (its own test below).
+    cfg = config(train=str(DATA / "GSM8K_train.jsonl"), test=str(DATA / "GSM8K_test.jsonl"), validation_fraction=0.0)
     problems = gsm8k.load(split, cfg)
     raw = [json.loads(line) for line in open(DATA / f"GSM8K_{split}.jsonl")]
     assert len(problems) == rows
@@ -161,3 +162,13 @@ def test_every_gold_answer_extracts_and_grades(split, rows):
     last_lines = [p["solution"].rsplit("\n", 1)[-1] for p in problems]
     assert last_lines == [f"The answer is {r['response'].split('#### ')[1]}" for r in raw]
     assert len({p["id"] for p in problems}) == rows
+
+
+@needs_data
+def test_validation_is_a_fixed_held_out_share_of_train():
+    cfg = config(train=str(DATA / "GSM8K_train.jsonl"), test=str(DATA / "GSM8K_test.jsonl"))
+    train, validation = gsm8k.load("train", cfg), gsm8k.load("validation", cfg)
+    assert (len(train), len(validation)) == (7473 - 374, 374)  # 5% of 7,473
+    assert not {p["id"] for p in train} & {p["id"] for p in validation}
+    assert validation == gsm8k.load("validation", cfg)
+    assert len(gsm8k.load("train", config(train=cfg.train_path, max_train=100))) == 100  # after holding out

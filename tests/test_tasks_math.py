@@ -236,7 +236,7 @@ def test_deadline_pool_serves_on_after_kills_long_after_its_start(monkeypatch):
 @needs_data
 def test_every_gold_answer_extracts_grades_and_splits():
     cfg = config(train=str(DATA / "MATH_train.jsonl"), test=str(DATA / "MATH_test.jsonl"))
-    problems = math_task.load("train", cfg) + math_task.load("test", cfg)
+    problems = math_task.load("train", cfg) + math_task.load("validation", cfg) + math_task.load("test", cfg)
     assert len(problems) == 12_498  # 12,500 rows; train/number_theory/7115 and 7117 have an empty \boxed{}
     assert all(math_task.extract_answer(p["solution"]) == p["answer"] for p in problems)
     assert all(math_task.extract_answer(p["solution"].rsplit("\n", 1)[-1]) == p["answer"] for p in problems)

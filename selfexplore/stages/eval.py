@@ -1,9 +1,11 @@
-"""`eval-<model>`: greedy decoding of one trained model on the test set, graded with the task's grader.
+"""`eval-<model>`: greedy decoding of one trained model on the validation and test sets, graded with the task's
+grader.
 
-One stage per model (`eval-sft`, `eval-rft`, ...), so retraining one model re-evaluates only that one. Writes
-`eval/<model>/results.jsonl` (one row per problem, in test-set order) and `eval/<model>/summary.json` (accuracy
-with a 95% Wilson interval, and per level and subject where the task has them). `selfexplore eval --endpoint`
-writes the same rows and summary from any OpenAI-compatible server.
+One stage per model (`eval-sft`, `eval-rft`, ...), so retraining one model re-evaluates only that one. Per split,
+writes `eval/<model>/<split>.jsonl` (one row per problem, in the split's order) and `<split>.summary.json`
+(accuracy with a 95% Wilson interval, and per level and subject where the task has them). Settings are tuned on
+the validation split; the test split is what the report gives. `selfexplore eval --endpoint` writes the same rows
+and summary from any OpenAI-compatible server.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 from selfexplore.config import EngineConfig, RunConfig
 from selfexplore.engines import SamplingParams
 from selfexplore.io import write_json, write_jsonl
-from selfexplore.rollout import EngineWorker, ordered_results, run_rollout
+from selfexplore.rollout import EngineWorker, ordered_results, rollout_nodes, run_rollout
 from selfexplore.run_dir import RunDir
 from selfexplore.tasks import format_prompt, get_task
 
@@ -79,10 +81,14 @@ def summarize(results: list[dict]) -> dict:
 
 
 def run(cfg: RunConfig, run_dir: RunDir, model_stage: str) -> dict:
-    problems = get_task(cfg.task.name).load("test", cfg.task)
-    shard_dir = run_dir.stage_dir(f"eval-{model_stage}") / "shards"
-    results = evaluate_model(run_dir.model_dir(model_stage), problems, cfg.task.name, cfg.engine, cfg.eval.max_tokens, shard_dir)
-    write_jsonl(run_dir.eval_results(model_stage), results)
-    summary = summarize(results)
-    write_json(run_dir.eval_summary(model_stage), summary)
-    return summary
+    metrics: dict = {"nodes": []}
+    for split in ("validation", "test"):
+        problems = get_task(cfg.task.name).load(split, cfg.task)
+        shards = run_dir.shards(f"eval-{model_stage}") / split
+        results = evaluate_model(run_dir.model_dir(model_stage), problems, cfg.task.name, cfg.engine, cfg.eval.max_tokens, shards)
+        write_jsonl(run_dir.eval_results(model_stage, split), results)
+        summary = summarize(results)
+        write_json(run_dir.eval_summary(model_stage, split), summary)
+        metrics[split] = {key: summary[key] for key in ("n", "correct", "accuracy", "ci95")}
+        metrics["nodes"] = sorted(set(metrics["nodes"]) | set(rollout_nodes(shards)))
+    return metrics

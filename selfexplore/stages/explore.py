@@ -32,7 +32,7 @@ from __future__ import annotations
 from selfexplore.config import ExploreConfig, RunConfig
 from selfexplore.engines import SamplingParams, derive_seed
 from selfexplore.io import read_jsonl, write_jsonl
-from selfexplore.rollout import EngineWorker, iter_results, run_rollout
+from selfexplore.rollout import EngineWorker, iter_results, rollout_nodes, run_rollout
 from selfexplore.run_dir import OUTCOME_PAIRS, PROBES, STEP_PAIRS, STEP_VALUES, RunDir
 from selfexplore.tasks import get_task
 
@@ -147,7 +147,7 @@ def explore_rejected(items: list[dict], engine, task, cfg: ExploreConfig) -> lis
         for (i, j), completions in zip(requests, outputs):
             # Grade the whole solution (prefix + completion): the answer may already stand in the prefix.
             prefix = prefix_texts[i][j]
-            graded = [{"text": c.text, "correct": task.grade(prefix + c.text, items[i]["answer"])} for c in completions]
+            graded = [{"text": c.text, "n_tokens": c.n_tokens, "correct": task.grade(prefix + c.text, items[i]["answer"])} for c in completions]
             probes[i][j] = graded
             searches[i].record(j, sum(g["correct"] for g in graded))
     return [
@@ -199,6 +199,7 @@ def pit_summary(result: dict) -> dict:
         "rejected_idx": result["rejected_idx"],
         "pit": pit,
         "values": [[p["step"], sum(c["correct"] for c in p["completions"])] for p in result["probes"]],
+        "generated_tokens": sum(c["n_tokens"] for p in result["probes"] for c in p["completions"]),
         "steps_before_pit": "".join(result["steps"][: pit - 1]) if pit is not None else None,
         "pit_step": result["steps"][pit - 1] if pit is not None else None,
         # correct completions from the prefix before the pit, shortest first: the step pair's chosen
@@ -265,6 +266,8 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
         "dropped": dropped,
         "probes": len(values),
         "probes_per_rejected": len(values) / max(1, len(items)),
+        "generated_tokens_per_rejected": sum(s["generated_tokens"] for s in summaries) / max(1, len(items)),
         "pit_histogram": {str(j): pits.count(j) for j in sorted(set(pits))},
+        "nodes": rollout_nodes(run_dir.path(PROBES)),
     }
     return stats

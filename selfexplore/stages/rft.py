@@ -20,4 +20,6 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
         rows += gold_rows(get_task(cfg.task.name).load("train", cfg.task))
     if not rows:
         raise StageError("the RFT set is empty: the SFT model solved no training problem; train SFT longer")
-    return train_sft(rows, str(run_dir.path(BASE_MODEL)), run_dir.model_dir("rft"), cfg.rft, run_dir.train_storage("rft"), section="rft")
+    return train_sft(
+        rows, str(run_dir.path(BASE_MODEL)), run_dir.model_dir("rft"), cfg.rft, run_dir.train_storage("rft"), section="rft", logs=run_dir.train_logs("rft")
+    )

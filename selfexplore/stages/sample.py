@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from selfexplore.config import RunConfig
 from selfexplore.engines import SamplingParams, derive_seed
-from selfexplore.rollout import EngineWorker, iter_results, run_rollout
+from selfexplore.rollout import EngineWorker, iter_results, rollout_nodes, run_rollout
 from selfexplore.run_dir import SAMPLES, RunDir, model
 from selfexplore.tasks import format_prompt, get_task
 
@@ -59,7 +59,7 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     stats = SampleStats()
     for result in iter_results(run_dir.path(SAMPLES)):  # one problem's samples in memory at a time
         stats.add(result["samples"])
-    return stats.summary()
+    return {**stats.summary(), "nodes": rollout_nodes(run_dir.path(SAMPLES))}
 
 
 class SampleStats:

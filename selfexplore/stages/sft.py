@@ -18,4 +18,6 @@ def gold_rows(problems: list[dict]) -> list[dict]:
 
 def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     problems = get_task(cfg.task.name).load("train", cfg.task)
-    return train_sft(gold_rows(problems), str(run_dir.path(BASE_MODEL)), run_dir.model_dir("sft"), cfg.sft, run_dir.train_storage("sft"))
+    return train_sft(
+        gold_rows(problems), str(run_dir.path(BASE_MODEL)), run_dir.model_dir("sft"), cfg.sft, run_dir.train_storage("sft"), logs=run_dir.train_logs("sft")
+    )

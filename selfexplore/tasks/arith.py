@@ -16,6 +16,7 @@ import random
 import re
 
 from selfexplore.config import ArithConfig, TaskConfig
+from selfexplore.tasks import source_split, split_problems
 from selfexplore.tasks.gsm8k import extract_answer, grade, split_steps  # noqa: F401  (same format, same grader)
 
 NAMES = ["Tom", "Ana", "Lee", "Sam", "Mia", "Raj", "Eva", "Max", "Ivy", "Ben", "Zoe", "Kai"]
@@ -48,12 +49,10 @@ def generate_problem(rng: random.Random, cfg: ArithConfig) -> dict:
 
 
 def load(split: str, cfg: TaskConfig) -> list[dict]:
-    """The `train` or `test` split. Test questions never appear in train; both are fixed by `cfg.arith.seed`."""
-    if split not in ("train", "test"):
-        raise ValueError(f"arith has splits train and test, not {split!r}")
+    """The `train`, `validation` (held out of the generated training problems) or `test` split. Test questions
+    never appear in train; all are fixed by `cfg.arith.seed` (settings checked by `config.check_run`)."""
+    source = source_split(split, "arith")
     acfg = cfg.arith
-    if not (1 <= acfg.min_ops <= acfg.max_ops) or acfg.max_operand < 1 or not set(acfg.ops) <= set("+-*") or not acfg.ops:
-        raise ValueError(f"task.arith: invalid difficulty settings {acfg}")
     rng = random.Random(acfg.seed)
     seen: set[str] = set()
     splits: dict[str, list[dict]] = {"train": [], "test": []}
@@ -68,8 +67,7 @@ def load(split: str, cfg: TaskConfig) -> list[dict]:
                 continue
             seen.add(problem["question"])
             splits[name].append({"id": f"arith-{name}-{len(splits[name])}", **problem})
-    limit = cfg.max_train if split == "train" else cfg.max_test
-    return splits[split][:limit] if limit else splits[split]
+    return split_problems(splits[source], split, cfg)
 
 
 # ------------------------------------------------------------------------------------------------- step truth

@@ -13,6 +13,7 @@ from decimal import Decimal, InvalidOperation
 
 from selfexplore.config import TaskConfig
 from selfexplore.errors import DataError
+from selfexplore.tasks import source_split, split_problems
 from selfexplore.tasks.sources import build_problems, problem_id, read_rows, text_field
 
 _LINE_START = re.compile(r"^[^\S\n]*\S", re.MULTILINE)  # start of a line with something on it
@@ -67,9 +68,10 @@ def grade(completion: str, gold: str) -> bool:
 
 
 def load(split: str, cfg: TaskConfig) -> list[dict]:
-    """Problems `{id, question, solution, answer}` of `split` from `cfg.train_path` / `cfg.test_path`."""
-    rows = read_rows(cfg, split)
-    return build_problems(rows, lambda row, index: _problem(row, index, split), cfg)
+    """Problems `{id, question, solution, answer}` of `split` from `cfg.train_path` (train, validation) or
+    `cfg.test_path` (test)."""
+    source = source_split(split, "gsm8k")
+    return split_problems(build_problems(read_rows(cfg, source), lambda row, index: _problem(row, index, source)), split, cfg)
 
 
 def _problem(row: dict, index: int, split: str) -> dict:

@@ -21,6 +21,7 @@ from selfexplore.config import TaskConfig
 from selfexplore.errors import DataError
 from selfexplore.tasks.deadline_pool import DeadlinePool, WorkerError
 from selfexplore.tasks.math_steps import clean_steps, paper_steps
+from selfexplore.tasks import source_split, split_problems
 from selfexplore.tasks.sources import SkippedRow, build_problems, problem_id, read_rows, text_field
 
 logger = logging.getLogger(__name__)
@@ -222,8 +223,8 @@ def load(split: str, cfg: TaskConfig) -> list[dict]:
     A row whose solution states no answer (no box, or an empty one: two rows of the MATH train set) is left out
     with a warning naming it; a malformed row is a `DataError` naming its file and line.
     """
-    rows = read_rows(cfg, split)
-    return build_problems(rows, lambda row, index: _problem(row, index, split), cfg)
+    source = source_split(split, "math")
+    return split_problems(build_problems(read_rows(cfg, source), lambda row, index: _problem(row, index, source)), split, cfg)
 
 
 def _problem(row: dict, index: int, split: str) -> dict:

@@ -51,9 +51,10 @@ class Rows:
 
 
 def read_rows(cfg: TaskConfig, split: str) -> Rows:
-    """The raw rows of `split` ("train" or "test") from `cfg.train_path` / `cfg.test_path`."""
+    """The raw rows of the `train` or `test` file, `cfg.train_path` / `cfg.test_path` (the validation split is
+    held out of train: `selfexplore.tasks.split_problems`)."""
     if split not in ("train", "test"):
-        raise ValueError(f"{cfg.name} has splits train and test, not {split!r}")
+        raise ValueError(f"{cfg.name} has files train and test, not {split!r}")
     source = cfg.train_path if split == "train" else cfg.test_path
     if not source:
         raise ConfigError(f"task.{split}_path is empty: task {cfg.name} needs a JSON Lines file or a hub dataset name")
@@ -99,8 +100,8 @@ def problem_id(row: dict, index: int, prefix: str) -> str:
     return f"{prefix}-{index}"
 
 
-def build_problems(rows: Rows, make: Callable[[dict, int], dict], cfg: TaskConfig) -> list[dict]:
-    """`make(row, index)` for every row, then the first `max_train` / `max_test` problems (0 = all).
+def build_problems(rows: Rows, make: Callable[[dict, int], dict]) -> list[dict]:
+    """`make(row, index)` for every row.
 
     A `DataError` from `make` gets the row's location; a `SkippedRow` is left out and logged with its location.
     """
@@ -122,5 +123,4 @@ def build_problems(rows: Rows, make: Callable[[dict, int], dict], cfg: TaskConfi
     if skipped:
         listing = "\n  ".join(skipped)
         logger.warning("%s: left out %d of %d rows:\n  %s", rows.source, len(skipped), len(rows.rows), listing)
-    count = cfg.max_train if rows.split == "train" else cfg.max_test
-    return problems[:count] if count else problems
+    return problems

@@ -33,7 +33,9 @@ from trl import SFTConfig as TRLSFTConfig
 from trl import SFTTrainer
 
 from selfexplore.config import DPOConfig, TrainConfig, batch_split
+from selfexplore.run_dir import TrainLogs
 from selfexplore.train.ds_config import deepspeed_config
+from selfexplore.train.metrics_log import MetricsLog
 
 MODEL_DIR = "model"
 """Subdirectory of the final Ray Train checkpoint that holds the HF model."""
@@ -55,21 +57,39 @@ class PretokenizedDPOTrainer(DPOTrainer):
 
 
 class ProgressCallback(TrainerCallback):
-    """Logs one line per log on rank 0, and logs the last step too, so that the final loss and DPO rewards are
-    always in the log history. Through `logging`, not `print`: Ray Train shows worker logs on the driver, and
-    its print patch would show every printed line twice."""
+    """Rank 0's account of training: the step (and loss) to the driver's progress bar through `progress` (a
+    `launch.StepProgress` actor), every log to `metrics.jsonl` and TensorBoard (`MetricsLog`, when the run has
+    `logs`) and as a line of the worker's log. Logs the last step too, so that the final loss and DPO rewards are
+    always in the log history. Lines through `logging`, not `print`: Ray Train's print patch would show every
+    printed line twice."""
 
-    def __init__(self, kind: str):
-        self.kind = kind
+    def __init__(self, kind: str, progress, logs: TrainLogs | None, resumed_from_step: int):
+        self.kind, self.progress, self.logs, self.resumed_from_step = kind, progress, logs, resumed_from_step
+        self.metrics: MetricsLog | None = None
         self.last: tuple[int, float] | None = None  # (step, time) of the previous log line
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.progress.update.remote(step=state.global_step, max_steps=state.max_steps)
+            if self.logs:
+                self.metrics = MetricsLog(self.logs, self.resumed_from_step)
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step >= state.max_steps:
             control.should_log = True
+        if state.is_world_process_zero:
+            self.progress.update.remote(step=state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.metrics:
+            self.metrics.close()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs or "loss" not in logs:
             return
+        self.progress.update.remote(loss=logs["loss"])
+        if self.metrics:
+            self.metrics.write(state.global_step, logs)
         extra = "".join(f" {key.split('/')[1]} {logs[key]:.3f}" for key in DPO_METRICS[2:] if key in logs)
         now = time.monotonic()
         if self.last is not None and state.global_step > self.last[0]:
@@ -94,6 +114,9 @@ def train_loop(config: dict) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
     # Adopt Ray Train's process group now: ZeRO-3 shards the weights while they load, before the Trainer would.
     deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
+    # Where the work ran, for the stage's manifest (on a cluster: which nodes trained).
+    nodes = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
 
     restored = ray.train.get_checkpoint()
     with restored.as_directory() if restored else nullcontext() as restored_dir:
@@ -104,13 +127,13 @@ def train_loop(config: dict) -> None:
         # Train deletes old checkpoints from storage while training goes on.
         resumed_from_step = json.loads((Path(resume) / "trainer_state.json").read_text())["global_step"] if resume else 0
         with tempfile.TemporaryDirectory(prefix="selfexplore-train-") as work:
-            trainer = _build_trainer(config, output_dir=work)
+            trainer = _build_trainer(config, output_dir=work, resumed_from_step=resumed_from_step)
             result = trainer.train(resume_from_checkpoint=resume)
-            metrics = {**_metrics(trainer, result), "resumed_from_step": resumed_from_step}
+            metrics = {**_metrics(trainer, result), "resumed_from_step": resumed_from_step, "nodes": sorted(set(nodes))}
             _report_final(trainer, metrics, work)
 
 
-def _build_trainer(config: dict, output_dir: str):
+def _build_trainer(config: dict, output_dir: str, resumed_from_step: int):
     cfg: TrainConfig = config["cfg"]
     kind = config["kind"]
     dataset = _dataset(ray.get(config["examples"]))
@@ -118,7 +141,7 @@ def _build_trainer(config: dict, output_dir: str):
     # The arguments come first: under ZeRO-3 they make `from_pretrained` load the weights already sharded.
     args = _trl_args(kind, cfg, output_dir)
     model = AutoModelForCausalLM.from_pretrained(config["init_model_dir"], dtype=torch.float32)
-    callbacks = [ProgressCallback(kind), RayTrainReportCallback()]
+    callbacks = [ProgressCallback(kind, config["progress"], config["logs"], resumed_from_step), RayTrainReportCallback()]
     if kind == "sft":
         trainer = SFTTrainer(
             model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks
