@@ -8,7 +8,8 @@ problem) run two ways, each with one engine:
 - plain: one call over all prompts at once in this process — `vllm.LLM.generate` for vllm, our `HFEngine.generate`
   (transformers `generate` in chunks of `max_batch_sequences`) for hf;
 - ours: `selfexplore.rollout.run_rollout` with the stage's `SampleWorker`: Ray Data shards the problems into
-  batches of `rows_per_batch`, an actor pool hosts the engine, the driver writes a shard per finished batch.
+  batches of `rows_per_batch`, an actor pool hosts the engine, the driver writes a shard per finished batch. A vllm
+  actor works on `batches_in_flight` batches at once (its async engine shared by that many threads; hf: 1).
 Generated tokens/s counts from the moment the engine is ready (start-up is reported apart: model load, vLLM's
 profiling and warm-up, Ray start for ours) to the last result written. Goal: ours >= 0.9x plain.
 
@@ -18,6 +19,7 @@ Writes `bench/results/rollout-<model>.json`. Runs one thing at a time: on 2 core
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -31,7 +33,7 @@ os.environ.setdefault("SELFEXPLORE_QUIET", "1")
 
 import torch
 
-from selfexplore.config import EngineConfig, SampleConfig, TaskConfig, TinyModelConfig
+from selfexplore.config import EngineConfig, SampleConfig, TaskConfig, TinyModelConfig, VLLMConfig
 from selfexplore.engines import SamplingParams, derive_seed, load_engine
 from selfexplore.io import write_json
 from selfexplore.models import build_tiny_model
@@ -58,22 +60,29 @@ class TimedSampleWorker(SampleWorker):
 
 
 def plain(model_dir: str, engine_cfg: EngineConfig, problems: list[dict], cfg: SampleConfig) -> dict:
-    start = time.time()
-    engine = load_engine(model_dir, engine_cfg)
-    ready = time.time()
-    prompts = [engine.encode(format_prompt(p["question"])) for p in problems]
     seeds = [derive_seed(cfg.seed, "sample", p["id"]) for p in problems]
     params = [SamplingParams(n=cfg.n, temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=s) for s in seeds]
+    start = time.time()
     if engine_cfg.backend == "vllm":
-        from selfexplore.engines.vllm import generated, vllm_sampling
+        # vLLM's offline engine, as a user would run it: not our engine (the async one inside the actors).
+        import vllm
+        from vllm.platforms import current_platform
 
-        sampling = [vllm_sampling(p) for p in params]
-        outputs = engine.llm.generate([{"prompt_token_ids": ids} for ids in prompts], sampling, use_tqdm=False)
+        from selfexplore.engines.vllm import generated, vllm_engine_args, vllm_sampling
+
+        engine = vllm.LLM(**vllm_engine_args(model_dir, engine_cfg, on_cpu=current_platform.is_cpu()))
+        ready = time.time()
+        tokenizer = engine.get_tokenizer()
+        prompts = [{"prompt_token_ids": tokenizer(format_prompt(p["question"])).input_ids} for p in problems]
+        outputs = engine.generate(prompts, [vllm_sampling(p) for p in params], use_tqdm=False)
         tokens = sum(len(generated(o)[0]) for out in outputs for o in out.outputs)
     else:
+        engine = load_engine(model_dir, engine_cfg)
+        ready = time.time()
+        prompts = [engine.encode(format_prompt(p["question"])) for p in problems]
         tokens = sum(c.n_tokens for out in engine.generate(prompts, params) for c in out)
     end = time.time()
-    del engine
+    del engine  # a vLLM engine's process ends with it (a few seconds, not timed): the runs that follow get the cores
     return {"startup_s": round(ready - start, 2), "generate_s": round(end - ready, 2), "tokens": tokens, "tokens_per_s": round(tokens / (end - ready), 1)}
 
 
@@ -111,6 +120,10 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=80)
     parser.add_argument("--rows-per-batch", default="32,128", help="problems per engine call in ours (comma-separated: one run each)")
     parser.add_argument("--max-num-seqs", type=int, default=256, help="vllm: sequences decoded at once")
+    parser.add_argument(
+        "--batches-in-flight", default=str(VLLMConfig.batches_in_flight),
+        help="vllm: batches an engine works on at once in ours (comma-separated: one run each)",
+    )
     parser.add_argument("--out", default="")
     args = parser.parse_args()
 
@@ -125,11 +138,13 @@ def main() -> None:
         engine_cfg = EngineConfig(backend=backend, num_engines=1, dtype="float32", max_batch_sequences=256)
         engine_cfg.vllm.max_num_seqs = args.max_num_seqs
         results[backend] = {"plain": plain(model_dir, engine_cfg, problems, cfg)}
-        for rows_per_batch in map(int, args.rows_per_batch.split(",")):
-            engine_cfg.rows_per_batch = rows_per_batch
-            run = ours(model_dir, engine_cfg, problems, cfg)
+        in_flight = list(map(int, args.batches_in_flight.split(","))) if backend == "vllm" else [1]
+        for rows_per_batch, batches_in_flight in itertools.product(map(int, args.rows_per_batch.split(",")), in_flight):
+            engine_cfg.rows_per_batch, engine_cfg.vllm.batches_in_flight = rows_per_batch, batches_in_flight
+            run = {"batches_in_flight": batches_in_flight, **ours(model_dir, engine_cfg, problems, cfg)}
             run["ours_over_plain"] = round(run["tokens_per_s"] / results[backend]["plain"]["tokens_per_s"], 3)
-            results[backend][f"ours_rows_per_batch_{rows_per_batch}"] = run
+            key = f"ours_rows_per_batch_{rows_per_batch}" + (f"_in_flight_{batches_in_flight}" if backend == "vllm" else "")
+            results[backend][key] = run
         print(backend, json.dumps(results[backend]), flush=True)
     shutil.rmtree(work)
     report = {

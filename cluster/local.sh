@@ -20,9 +20,13 @@ free_port() { "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0
 
 # `ray start --block` runs in the foreground and stops its node's processes on SIGTERM: start each in its own
 # session, so `down` can stop exactly those process groups.
+# Every node's agents get their own ports: with Ray's defaults the nodes of one machine would contend for the same
+# ones, and a node whose agent lost leaves the cluster without a job agent ("No available agent to submit job").
 start_node() {
   local log=$1; shift
-  setsid "$RAY" start --block --disable-usage-stats "$@" >"$log" 2>&1 &
+  setsid "$RAY" start --block --disable-usage-stats --dashboard-agent-listen-port="$(free_port)" \
+    --dashboard-agent-grpc-port="$(free_port)" --runtime-env-agent-port="$(free_port)" \
+    --metrics-export-port="$(free_port)" "$@" >"$log" 2>&1 &
   echo $! >>"$STATE/pids"
 }
 

@@ -16,6 +16,7 @@ from selfexplore.config import RunConfig
 from selfexplore.io import atomic_write, read_json, read_jsonl
 from selfexplore.rollout import iter_results
 from selfexplore.run_dir import MODEL_TITLES, SAMPLES, STAGES, STEP_VALUES, TRAINED_MODELS, RunDir
+from selfexplore.stats import paired_difference
 
 
 def write_report(run_dir: RunDir, cfg: RunConfig, wall_s: float | None = None) -> str:
@@ -31,14 +32,18 @@ def report_text(run_dir: RunDir, cfg: RunConfig, wall_s: float | None) -> str:
     lines = [
         f"# selfexplore run `{run_dir.root.name}`",
         "",
-        f"Task `{cfg.task.name}`, model `{cfg.model.path or 'tiny (built from scratch)'}`, greedy decoding on the test set.",
+        f"Task `{cfg.task.name}`, model `{cfg.model.path or 'tiny (built from scratch)'}`, greedy decoding. Test: "
+        "evaluated once per model, reported; validation: what settings are tuned on.",
         "",
-        "| model | accuracy | 95% CI | correct / n |",
-        "|---|---|---|---|",
+        "| model | test accuracy | 95% CI | correct / n | validation |",
+        "|---|---|---|---|---|",
     ]
     for name, s in evaluated(run_dir):
         lo, hi = s["ci95"]
-        lines.append(f"| {MODEL_TITLES[name]} | {100 * s['accuracy']:.1f}% | {100 * lo:.1f}–{100 * hi:.1f}% | {s['correct']} / {s['n']} |")
+        validation = run_dir.eval_summary(name, "validation")
+        on_validation = f"{100 * read_json(validation)['accuracy']:.1f}%" if validation.is_file() else "–"
+        lines.append(f"| {MODEL_TITLES[name]} | {100 * s['accuracy']:.1f}% | {100 * lo:.1f}–{100 * hi:.1f}% | {s['correct']} / {s['n']} | {on_validation} |")
+    lines += paired_lines(run_dir, [name for name, _ in evaluated(run_dir)])
     metrics = {name: m["metrics"] for name in STAGES if (m := run_dir.manifest(name))}
     lines.append("")
     if "sample" in metrics and "select" in metrics:
@@ -59,6 +64,23 @@ def report_text(run_dir: RunDir, cfg: RunConfig, wall_s: float | None) -> str:
     this_run = f" (this invocation {wall_s:.0f}s)" if wall_s is not None else ""
     lines += ["", "Stage wall times: " + ", ".join(f"{n} {w:.0f}s" for n, w in walls.items()) + this_run + ".", ""]
     return "\n".join(lines)
+
+
+def paired_lines(run_dir: RunDir, models: list[str]) -> list[str]:
+    """Each later row minus each earlier one on the same test problems, with a paired bootstrap 95% interval: the
+    rows' own intervals overlap far more than their difference is uncertain."""
+    if len(models) < 2:
+        return []
+    correct = {name: [row["correct"] for row in read_jsonl(run_dir.eval_results(name))] for name in models}
+    lines = ["", "| paired difference (test) | points | 95% CI | only the first / only the second solved |", "|---|---|---|---|"]
+    for i, a in enumerate(models):
+        for b in models[i + 1 :]:
+            d = paired_difference([correct[a]], [correct[b]])
+            lo, hi = d["ci95"]
+            lines.append(
+                f"| {MODEL_TITLES[b]} − {MODEL_TITLES[a]} | {100 * d['mean']:+.1f} | {100 * lo:+.1f} to {100 * hi:+.1f} | {d['only_a']} / {d['only_b']} |"
+            )
+    return lines
 
 
 def evaluated(run_dir: RunDir) -> list[tuple[str, dict]]:

@@ -74,7 +74,8 @@ def key_figure(name: str, metrics: dict) -> str:
 
 def accuracies(summaries: dict[str, dict]) -> str:
     """A model's accuracy per split, from its eval summaries (or an eval stage's metrics: the same, per split)."""
-    return ", ".join(f"{split} {s['accuracy']:.1%} ({s['correct']}/{s['n']})" for split, s in summaries.items())
+    splits = [split for split in ("validation", "test") if split in summaries]
+    return ", ".join(f"{split} {summaries[split]['accuracy']:.1%} ({summaries[split]['correct']}/{summaries[split]['n']})" for split in splits)
 
 
 def format_status(run_dir: RunDir, cfg: RunConfig) -> str:

@@ -37,7 +37,7 @@ def quick_overrides() -> list[str]:
         "task.arith.n_test=40",
         "task.arith.max_ops=2",
         "sft.max_steps=60",
-        "sample.n=4",
+        "sample.n=8",
         "sample.max_problems=64",
         "rft.max_steps=40",
         "rft.include_gold=true",
@@ -71,7 +71,8 @@ def quick_run(tmp_path_factory, quick_overrides) -> QuickRun:
     assert up.returncode == 0, up.stderr
     try:
         output_dir = tmp_path_factory.mktemp("runs")
-        overrides = [f"output_dir={output_dir}", "name=quick", *quick_overrides, "engine.num_engines=2"]
+        # Small batches: enough of them that both engines get work while the second one is still loading.
+        overrides = [f"output_dir={output_dir}", "name=quick", *quick_overrides, "engine.num_engines=2", "engine.rows_per_batch=4"]
         logs = io.StringIO()
         with contextlib.chdir(REPO), contextlib.redirect_stdout(logs):
             cfg = load_config("configs/tiny.yaml", overrides)

@@ -1,5 +1,5 @@
 """Crash safety with real signals. Each rollout stage of the session's two-node run (`quick_run`) is run again on
-a copy, locally with one engine and 8 rows per batch, and SIGKILLed in the middle — the driver (with its whole
+a copy, locally with one engine and small batches, and SIGKILLed in the middle — the driver (with its whole
 process group), or one engine actor; after a rerun its outputs equal the uninterrupted two-node run's: every row
 once, the same samples and probes, byte-identical pairs, step values and eval files (`hf` engine).
 
@@ -22,14 +22,17 @@ from selfexplore.run_dir import OUTCOME_PAIRS, PROBES, RFT_SET, SAMPLES, STEP_PA
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "SELFEXPLORE_QUIET": "1"}
-# Neither changes a stage's output (per-row seeds), so neither is in its fingerprint: the copy's finished upstream
-# stages stay current, and the rerun must reproduce the two-node run exactly.
-LOCAL = ["engine.num_engines=1", "engine.rows_per_batch=8"]
+# The quick preset has only a few rejected solutions to explore: one per batch there, so it can be cut mid-stage.
+ROWS_PER_BATCH = {"explore": 1}
 
 
 def stage(name: str, run_dir: RunDir, overrides: list[str]) -> subprocess.Popen:
-    args = [sys.executable, "-m", "selfexplore.cli", "stage", name, "configs/tiny.yaml", f"output_dir={run_dir.root.parent}",
-            f"name={run_dir.root.name}", *overrides, *LOCAL]
+    # Neither the engine count nor the batch size changes a stage's output (per-row seeds), so neither is in its
+    # fingerprint: the copy's finished upstream stages stay current, and the rerun must reproduce the two-node run.
+    local = ["engine.num_engines=1", f"engine.rows_per_batch={ROWS_PER_BATCH.get(name, 8)}"]
+    # Last: the run's own overrides name the original run directory.
+    where = [f"output_dir={run_dir.root.parent}", f"name={run_dir.root.name}"]
+    args = [sys.executable, "-m", "selfexplore.cli", "stage", name, "configs/tiny.yaml", *overrides, *local, *where]
     return subprocess.Popen(args, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 

@@ -63,6 +63,7 @@ def finished(tmp_path):
 def evaluate(run_dir: RunDir, cfg, model: str, correct: int) -> None:
     for split in ("validation", "test"):
         write_json(run_dir.eval_summary(model, split), summary(correct))
+        write_jsonl(run_dir.eval_results(model, split), [{"id": f"t{i}", "correct": i < correct} for i in range(40)])
     finish(run_dir, cfg, f"eval-{model}", {"validation": summary(correct), "test": summary(correct)})
 
 
@@ -76,6 +77,8 @@ def test_report_draws_every_figure_as_a_png_linked_from_report_md(finished):
     run_dir, cfg = finished
     text = write_report(run_dir, cfg)
     assert "| Self-Explore (step pairs) | 30.0% |" in text and "![" not in text  # the terminal gets no image links
+    # The same 40 problems: SFT solved the first 10, Self-Explore the first 12.
+    assert "| Self-Explore (step pairs) − SFT | +5.0 | +0.0 to +12.5 | 0 / 2 |" in text
     report = run_dir.report.read_text()
     pngs = sorted(run_dir.report_assets.glob("*.png"))
     assert [p.name for p in pngs] == ["accuracy.png", "dpo_training.png", "first_pits.png", "pass_at_k.png", "step_values.png"]

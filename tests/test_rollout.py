@@ -101,7 +101,7 @@ class FailingEngineWorker:
         rows = [json.loads(text) for text in batch["row"]]
         if any(row["id"] == self.fail_id for row in rows):
             raise RuntimeError("EngineDeadError: EngineCore encountered an issue (out of memory)")
-        return {"result": [json.dumps({"id": row["id"]}) for row in rows]}
+        return {"result": [json.dumps({"id": row["id"]}) for row in rows], "node": ["local"] * len(rows)}
 
 
 def test_a_failing_engine_is_one_clear_error_and_a_rerun_does_the_rest(ray_session, tmp_path):

@@ -43,7 +43,7 @@ class VLLMEngine:
         self.thread.start()
 
         async def start() -> AsyncLLM:
-            # Built on its loop: the engine's sockets and output handler belong to the loop that serves them.
+            # Built on its loop: the engine's sockets and output handler (started at once) belong to that loop.
             # vLLM's per-step stats logging would flood the actor's log.
             options = vllm_engine_args(model_dir, cfg, on_cpu=current_platform.is_cpu())
             return AsyncLLM.from_engine_args(AsyncEngineArgs(**options, disable_log_stats=True))
@@ -83,10 +83,17 @@ class VLLMEngine:
 
     async def _generate(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[list[Completion]]:
         tasks = [asyncio.create_task(self._complete(ids, p)) for ids, p in zip(prompts, params)]
+        results = asyncio.gather(*tasks)
         try:
-            return await asyncio.gather(*tasks)
+            # When the engine dies vLLM fails the requests it holds and its output handler ends; a request that was
+            # being added just then would wait forever, so the handler's end fails the whole call.
+            await asyncio.wait([results, self.llm.output_handler], return_when=asyncio.FIRST_COMPLETED)
+            if not results.done():
+                raise self.llm.dead_error
+            return results.result()
         finally:
             # After a failure the others would run on for nothing: cancelling one aborts its request in the engine.
+            results.cancel()
             for task in tasks:
                 task.cancel()
 
