@@ -79,13 +79,13 @@ def test_a_vllm_engine_works_on_several_batches_at_once_with_the_same_samples(
     ray_session, problems, model_dir, tmp_path, vllm_installed
 ):
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actors cannot import this test module
-    runs = {
-        k: sample(model_dir, problems, tmp_path / str(k), worker=InFlightRecordingWorker, backend="vllm",
-                  rows_per_batch=4, vllm=VLLMConfig(batches_in_flight=k))
-        for k in (1, 2)
-    }
-    assert {k: max(r.pop("most_in_flight") for r in results) for k, results in runs.items()} == {1: 1, 2: 2}
-    assert runs[2] == runs[1]
+    runs = {}
+    for k in (1, 2):
+        engine = dict(backend="vllm", rows_per_batch=4, vllm=VLLMConfig(batches_in_flight=k))
+        runs[k] = sample(model_dir, problems, tmp_path / str(k), worker=InFlightRecordingWorker, **engine)
+    most_in_flight = {k: max(r.pop("most_in_flight") for r in results) for k, results in runs.items()}
+    assert most_in_flight == {1: 1, 2: 2}  # 6 batches: with 2 allowed, a second one entered while one ran
+    assert runs[2] == runs[1]  # the same samples, whatever shared the engine's steps
     assert len({s["completion"] for r in runs[2] for s in r["samples"]}) > len(problems)  # really sampled
 
 
