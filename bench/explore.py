@@ -20,7 +20,6 @@ import argparse
 import dataclasses
 import os
 import time
-from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -28,12 +27,14 @@ import torch
 
 from selfexplore.config import EngineConfig
 from selfexplore.engines import load_engine
-from selfexplore.io import read_jsonl, write_json
+from selfexplore.io import read_jsonl
 from selfexplore.rollout import iter_results
 from selfexplore.run_dir import OUTCOME_PAIRS, SAMPLES, RunDir
 from selfexplore.stages.explore import explore_rejected, rejected_items
 from selfexplore.tasks import get_task
 from selfexplore.tasks.arith import first_wrong_step
+
+from record import write_report  # bench/record.py
 
 
 def agreement(pits: list[int | None], reference: list[int | None]) -> dict:
@@ -62,7 +63,7 @@ def main() -> None:
     parser.add_argument("run", help="a finished arith run directory (its rft model and outcome pairs)")
     parser.add_argument("--ks", default="4,8", help="completions per probe, comma-separated")
     parser.add_argument("--max-rejected", type=int, default=300)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "explore.json"))
+    parser.add_argument("--out", default="")
     args = parser.parse_args()
 
     torch.set_num_threads(1)
@@ -105,8 +106,7 @@ def main() -> None:
         "by_k": results,
         "lucky_correct_samples": lucky_samples(run_dir, questions),
     }
-    write_json(Path(args.out), report)
-    print(f"wrote {args.out}")
+    write_report(report, "explore", args.out)
 
 
 if __name__ == "__main__":

@@ -2,15 +2,20 @@
 
     python bench/method.py                          # configs/tiny.yaml, seeds 0,1,2: ~45 minutes on 2 cores
     python bench/method.py --seeds 0,1,2,3,4 dpo.learning_rate=2e-5    # any override applies to every seed
+    python bench/method.py dpo.beta=0.3 --output-dir runs/method-beta0.3 --start-from runs/method --out bench/results/method-beta0.3.json
 
 A seed changes initialisation (`model.tiny.seed`), the training data order (`sft/rft/dpo.seed`) and every sample and
 probe (`sample.seed`, `explore.seed`); everything else is the config's. Seed 0 is the config itself (`make demo`).
-Each seed runs `selfexplore run` to `runs/method/seed-<s>` (finished seeds are skipped on a rerun). Then, from the
-per-problem eval rows:
-- per model and split: accuracy per seed, mean and spread over seeds;
+Each seed runs `selfexplore run` to `runs/method/seed-<s>` (finished stages are skipped on a rerun; with
+`--start-from DIR` it starts as a copy of `DIR/seed-<s>`, so a DPO setting trains only DPO again); each further
+step-pair format (`--pair-formats`, default `full,next_step`) runs on a copy of that run with
+`explore.pair_format=<format>`, so only `dpo-step` and its eval run again. Then, from the per-problem eval rows:
+- per model and split: accuracy per seed, mean and spread over seeds (`dpo-step` is the config's pair format,
+  `dpo-step:<format>` the others);
 - paired differences on the same problems, pooled over seeds (stratified paired bootstrap, 95% interval):
-  `step-rft` (Self-Explore - RFT), `step-outcome` (Self-Explore - outcome DPO), `outcome-rft`; for the validation
-  split (what settings are tuned on) and the test split (reported once);
+  `step-rft` (Self-Explore - RFT), `step-outcome` (Self-Explore - outcome DPO), `outcome-rft`, and for each other
+  pair format `<format>-rft`, `<format>-outcome`, `<format>-step`; for the validation split (what settings are
+  tuned on) and the test split (reported once);
 - what DPO did: final loss, reward margin and accuracy, pairs trained on.
 
 Writes `bench/results/method.json`.
@@ -20,18 +25,22 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from selfexplore.config import load_config
-from selfexplore.io import read_jsonl, write_json
-from selfexplore.run_dir import TRAINED_MODELS, RunDir
+from selfexplore.io import read_jsonl
+from selfexplore.run_dir import RunDir
 from selfexplore.stats import paired_difference
+
+from record import write_report  # bench/record.py
 
 REPO = Path(__file__).resolve().parents[1]
 PAIRS = {"step-rft": ("rft", "dpo-step"), "step-outcome": ("dpo-outcome", "dpo-step"), "outcome-rft": ("rft", "dpo-outcome")}
+MODELS = ("sft", "rft", "dpo-outcome", "dpo-step")
 
 
 def seed_overrides(seed: int) -> list[str]:
@@ -41,15 +50,20 @@ def seed_overrides(seed: int) -> list[str]:
     return [f"model.tiny.seed={seed}", *(f"{s}.seed={42 + seed}" for s in ("sft", "rft", "dpo")), f"sample.seed={seed}", f"explore.seed={seed}"]
 
 
-def run_seed(config: str, seed: int, overrides: list[str], output_dir: Path) -> RunDir:
-    args = [f"output_dir={output_dir}", f"name=seed-{seed}", *seed_overrides(seed), *overrides]
+def run_seed(config: str, seed: int, overrides: list[str], output_dir: Path, pair_format: str = "", copy_of: Path | None = None) -> RunDir:
+    """`selfexplore run` for one seed (with `pair_format`: that step-pair format), starting from a copy of `copy_of`
+    when given, so that only the stages whose settings differ run again."""
+    name = f"seed-{seed}" + (f"-{pair_format}" if pair_format else "")
+    args = [f"output_dir={output_dir}", f"name={name}", *seed_overrides(seed), *overrides, *([f"explore.pair_format={pair_format}"] if pair_format else [])]
     run_dir = RunDir.of(load_config(config, args))
+    if copy_of is not None and copy_of.is_dir() and not run_dir.root.exists():
+        shutil.copytree(copy_of, run_dir.root)
     start = time.time()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "selfexplore.cli", "run", config, *args], cwd=REPO, env=env, capture_output=True, text=True)
     if done.returncode != 0:
-        raise SystemExit(f"bench/method.py: seed {seed} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-    print(f"seed {seed}: {time.time() - start:.0f}s, {run_dir.root}", flush=True)
+        raise SystemExit(f"bench/method.py: {name} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    print(f"{name}: {time.time() - start:.0f}s, {run_dir.root}", flush=True)
     return run_dir
 
 
@@ -63,46 +77,73 @@ def main() -> None:
     parser.add_argument("--config", default="configs/tiny.yaml")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--output-dir", default="runs/method")
-    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "method.json"))
+    parser.add_argument(
+        "--start-from", default="",
+        help="an earlier --output-dir: each seed's run starts as a copy of its run there, so only the stages the overrides change run again",
+    )
+    parser.add_argument("--pair-formats", default="full,next_step", help="explore.pair_format values; the first is the main one")
+    parser.add_argument("--out", default="")
     args = parser.parse_args()
 
     seeds = [int(s) for s in args.seeds.split(",")]
+    main_format, *other_formats = args.pair_formats.split(",")
     start = time.time()
-    runs = {seed: run_seed(args.config, seed, args.overrides, Path(args.output_dir)) for seed in seeds}
+    # (model, seed) -> its run: the step DPO model of another pair format is `dpo-step:<format>`.
+    runs: dict[tuple[str, int], tuple[RunDir, str]] = {}
+    for seed in seeds:
+        earlier = Path(args.start_from) / f"seed-{seed}" if args.start_from else None
+        run_dir = run_seed(args.config, seed, [*args.overrides, f"explore.pair_format={main_format}"], Path(args.output_dir), copy_of=earlier)
+        runs |= {(model, seed): (run_dir, model) for model in MODELS}
+        for pair_format in other_formats:
+            other = run_seed(args.config, seed, args.overrides, Path(args.output_dir), pair_format, copy_of=run_dir.root)
+            runs[(f"dpo-step:{pair_format}", seed)] = (other, "dpo-step")
+
+    def outcomes(model: str, seed: int, split: str) -> list[bool]:
+        run_dir, stage_model = runs[(model, seed)]
+        return correct(run_dir, stage_model, split)
+
+    models = [*MODELS, *(f"dpo-step:{f}" for f in other_formats)]
     rows = {}
-    for model in TRAINED_MODELS:
+    for model in models:
         rows[model] = {}
         for split in ("validation", "test"):
-            per_seed = [sum(c) / len(c) for c in (correct(runs[s], model, split) for s in seeds)]
+            per_seed = [sum(c) / len(c) for c in (outcomes(model, s, split) for s in seeds)]
             mean = sum(per_seed) / len(per_seed)
             spread = (sum((a - mean) ** 2 for a in per_seed) / max(1, len(per_seed) - 1)) ** 0.5
             rows[model][split] = {"per_seed": per_seed, "mean": mean, "std": spread}
+    pairs = dict(PAIRS)
+    for f in other_formats:
+        pairs |= {f"{f}-rft": ("rft", f"dpo-step:{f}"), f"{f}-outcome": ("dpo-outcome", f"dpo-step:{f}"), f"{f}-step": ("dpo-step", f"dpo-step:{f}")}
     paired, paired_validation = {}, {}
-    for name, (a, b) in PAIRS.items():
+    for name, (a, b) in pairs.items():
         for split, out in (("test", paired), ("validation", paired_validation)):
-            pooled = paired_difference([correct(runs[s], a, split) for s in seeds], [correct(runs[s], b, split) for s in seeds])
-            per_seed = [paired_difference([correct(runs[s], a, split)], [correct(runs[s], b, split)])["mean"] for s in seeds]
+            pooled = paired_difference([outcomes(a, s, split) for s in seeds], [outcomes(b, s, split) for s in seeds])
+            per_seed = [paired_difference([outcomes(a, s, split)], [outcomes(b, s, split)])["mean"] for s in seeds]
             out[name] = {**pooled, "per_seed": per_seed}
-    dpo = {
-        kind: [{key: runs[s].manifest(kind)["metrics"].get(key) for key in ("examples", "first_loss", "final_loss", "rewards/margins", "rewards/accuracies")} for s in seeds]
-        for kind in ("dpo-outcome", "dpo-step")
-    }
+    keys = ("examples", "dropped_identical_steps", "first_loss", "final_loss", "rewards/margins", "rewards/accuracies")
+    dpo = {}
+    for model in ("dpo-outcome", "dpo-step", *(f"dpo-step:{f}" for f in other_formats)):
+        dpo[model] = []
+        for s in seeds:
+            run_dir, stage = runs[(model, s)]
+            metrics = run_dir.manifest(stage)["metrics"]
+            dpo[model].append({key: metrics[key] for key in keys if key in metrics})
     report = {
-        "command": "python bench/method.py " + " ".join([f"--config {args.config}", f"--seeds {args.seeds}", *args.overrides]),
+        "command": "python bench/method.py " + " ".join([f"--config {args.config}", f"--seeds {args.seeds}", f"--pair-formats {args.pair_formats}", *args.overrides]),
+        "pair_format": main_format,
         "seeds": seeds,
         "wall_s": round(time.time() - start),
-        "test_problems": len(correct(runs[seeds[0]], "sft", "test")),
-        "validation_problems": len(correct(runs[seeds[0]], "sft", "validation")),
+        "test_problems": len(outcomes("sft", seeds[0], "test")),
+        "validation_problems": len(outcomes("sft", seeds[0], "validation")),
         "rows": rows,
         "paired": paired,
         "paired_validation": paired_validation,
         "dpo": dpo,
     }
-    write_json(Path(args.out), report)
+    write_report(report, "method", args.out)
     for name, result in paired.items():
         lo, hi = result["ci95"]
         print(f"{name}: {100 * result['mean']:+.1f} points (95% CI {100 * lo:+.1f} to {100 * hi:+.1f}), per seed {[round(100 * m, 1) for m in result['per_seed']]}")
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -35,11 +34,12 @@ import torch
 
 from selfexplore.config import EngineConfig, SampleConfig, TaskConfig, TinyModelConfig, VLLMConfig
 from selfexplore.engines import SamplingParams, derive_seed, load_engine
-from selfexplore.io import write_json
 from selfexplore.models import build_tiny_model
 from selfexplore.rollout import iter_results, run_rollout
 from selfexplore.stages.sample import SampleWorker
 from selfexplore.tasks import format_prompt, get_task
+
+from record import write_report  # bench/record.py
 
 MODELS = {
     "tiny": TinyModelConfig(max_position_embeddings=256),  # the embedded default's shape: 0.87M parameters
@@ -151,12 +151,9 @@ def main() -> None:
         "command": "python bench/rollout.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
         "model": {"name": args.model, "parameters": params},
         "workload": {"problems": args.problems, "n": args.n, "max_tokens": args.max_tokens, "temperature": 0.7},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_after": os.getloadavg()[0]},
         "results": results,
     }
-    out = Path(args.out or Path(__file__).parent / "results" / f"rollout-{args.model}.json")
-    write_json(out, report)
-    print(f"wrote {out}")
+    write_report(report, f"rollout-{args.model}", args.out)
 
 
 if __name__ == "__main__":

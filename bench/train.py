@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -31,11 +30,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from selfexplore.config import DPOConfig, SFTConfig, TaskConfig, TinyModelConfig, load_config
-from selfexplore.io import write_json
 from selfexplore.models import build_tiny_model
 from selfexplore.tasks import format_prompt, get_task
 from selfexplore.train import train_dpo, train_sft
 from selfexplore.train.data import tokenize_dpo, tokenize_sft
+
+from record import write_report  # bench/record.py
 
 MODELS = {
     "tiny": TinyModelConfig(max_position_embeddings=256),
@@ -140,12 +140,9 @@ def main() -> None:
         "model": {"name": args.model, "parameters": parameters},
         "settings": {"sft": {"batch_size": sft.batch_size, "bf16": sft.bf16, "zero_stage": sft.zero_stage},
                      "dpo": {"batch_size": dpo.batch_size, "bf16": dpo.bf16, "zero_stage": dpo.zero_stage}},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_after": os.getloadavg()[0]},
         "results": results,
     }
-    out = Path(args.out or Path(__file__).parent / "results" / f"train-{args.model}.json")
-    write_json(out, report)
-    print(f"wrote {out}")
+    write_report(report, f"train-{args.model}", args.out)
 
 
 if __name__ == "__main__":

@@ -266,6 +266,10 @@ class ExploreConfig:
     """Explore only the first `max_rejected` rejected solutions (0 = all)."""
     seed: int = 0
     """Base seed of the completions."""
+    pair_format: Literal["full", "next_step"] = "full"
+    """The step pair's chosen: `full`, a whole correct completion from the prefix before the pit (the paper's), or
+    `next_step`, only its first step, so both sides are one step (Step-DPO's). Decides only what `dpo-step` trains
+    on: changing it never explores again."""
 
 
 @dataclass

@@ -29,8 +29,9 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-LINE_EVERY_S = 10.0
-"""Away from a terminal, the shortest time between two progress lines."""
+LINE_EVERY_S = 60.0
+"""Away from a terminal, the shortest time between two progress lines: a long stage leaves a line a minute in a
+job's log, a short one none but its end."""
 
 
 @dataclass

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from selfexplore.config import RunConfig, fingerprint, load_config
@@ -67,6 +67,11 @@ def generation(c: RunConfig) -> tuple:
     return (c.engine.backend, c.engine.dtype, c.engine.num_gpus > 0)
 
 
+def search(c: RunConfig) -> dict:
+    """The explore settings that decide the pit search; `explore.pair_format` only decides what `dpo-step` trains on."""
+    return {key: value for key, value in asdict(c.explore).items() if key != "pair_format"}
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
@@ -94,9 +99,9 @@ STAGES: dict[str, Stage] = {
         Stage("sample", (model("sft"),), lambda c: (c.task, c.sample, generation(c))),
         Stage("select", (SAMPLES,), lambda c: (c.select,)),
         Stage("rft", (BASE_MODEL, RFT_SET), lambda c: (c.task, c.rft)),
-        Stage("explore", (model("rft"), OUTCOME_PAIRS), lambda c: (c.task, c.explore, generation(c))),
+        Stage("explore", (model("rft"), OUTCOME_PAIRS), lambda c: (c.task, search(c), generation(c))),
         Stage("dpo-outcome", (model("rft"), OUTCOME_PAIRS), lambda c: (c.dpo,)),
-        Stage("dpo-step", (model("rft"), STEP_PAIRS), lambda c: (c.dpo,)),
+        Stage("dpo-step", (model("rft"), STEP_PAIRS), lambda c: (c.dpo, c.explore.pair_format)),
         *(eval_stage(name) for name in TRAINED_MODELS),
     ]
 }
@@ -204,12 +209,10 @@ class RunDir:
         return self.stage_dir(name) / "started.json"
 
     def manifest(self, name: str) -> dict | None:
-        path = self.manifest_path(name)
-        return read_json(path) if path.is_file() else None
+        return _read_if_exists(self.manifest_path(name))
 
     def started(self, name: str) -> dict | None:
-        path = self.started_path(name)
-        return read_json(path) if path.is_file() else None
+        return _read_if_exists(self.started_path(name))
 
     def is_done(self, cfg: RunConfig, name: str) -> bool:
         manifest = self.manifest(name)
@@ -228,3 +231,7 @@ class RunDir:
         summaries = {name: self.eval_summary(name, "validation") for name in TRAINED_MODELS}
         scores = {name: read_json(path)["accuracy"] for name, path in summaries.items() if path.is_file()}
         return max(reversed(list(scores)), key=scores.get) if scores else None
+
+
+def _read_if_exists(path: Path) -> dict | None:
+    return read_json(path) if path.is_file() else None

@@ -17,7 +17,7 @@ from ray import serve
 
 from selfexplore.config import EngineConfig
 from selfexplore.engines import Completion, SamplingParams, check_backend
-from selfexplore.engines.vllm import generated, vllm_engine_args, vllm_sampling
+from selfexplore.engines.vllm import generated, start_async_llm, vllm_sampling
 from serving.engine import Delta, generated_tokens_counter
 
 
@@ -25,14 +25,7 @@ from serving.engine import Delta, generated_tokens_counter
 class VLLMEngineDeployment:
     def __init__(self, model_dir: str, engine: EngineConfig):
         check_backend(engine)
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.platforms import current_platform
-        from vllm.v1.engine.async_llm import AsyncLLM
-
-        options = vllm_engine_args(model_dir, engine, on_cpu=current_platform.is_cpu())
-        # vLLM's own per-step stats logging would flood the replica log; Serve and our counters cover it.
-        args = AsyncEngineArgs(**options, disable_log_stats=True)
-        self.engine = AsyncLLM.from_engine_args(args)
+        self.engine = start_async_llm(model_dir, engine)
         self.generated_tokens = generated_tokens_counter()
 
     async def stream(self, request_id: str, prompt: list[int], params: SamplingParams) -> AsyncIterator[list[Delta]]:

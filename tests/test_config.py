@@ -4,6 +4,7 @@ import pytest
 
 from selfexplore.config import RunConfig, load_config
 from selfexplore.errors import ConfigError
+from selfexplore.run_dir import STAGES, stage_fingerprint
 
 
 def test_tiny_config_loads_and_overrides_apply():
@@ -57,3 +58,12 @@ def test_cli_prints_a_config_mistake_as_one_line_and_exits_2(capsys):
 def test_missing_file():
     with pytest.raises(ConfigError, match="config file not found: nope.yaml"):
         load_config("nope.yaml")
+
+
+def test_pair_format_retrains_only_the_step_dpo_model_and_keeps_the_exploration():
+    cfg = load_config("configs/tiny.yaml")
+    next_step = load_config("configs/tiny.yaml", ["explore.pair_format=next_step"])
+    stale = [s for s in STAGES if stage_fingerprint(cfg, s) != stage_fingerprint(next_step, s)]
+    assert stale == ["dpo-step", "eval-dpo-step"]
+    more_probes = load_config("configs/tiny.yaml", ["explore.k=8"])
+    assert stage_fingerprint(cfg, "explore") != stage_fingerprint(more_probes, "explore")

@@ -10,6 +10,7 @@ import pytest
 from selfexplore.config import ExploreConfig
 from selfexplore.engines import Completion
 from selfexplore.models import build_char_tokenizer
+from selfexplore.stages.dpo import next_step_pairs
 from selfexplore.stages.explore import (
     PitSearch,
     build_step_pairs,
@@ -237,6 +238,19 @@ def test_step_pairs_never_reuse_a_chosen_or_repeat_a_pair_within_a_problem():
     results = explore_rejected(items, engine, TASK, ExploreConfig(k=4))
     pairs, dropped = build_step_pairs(items, [pit_summary(r) for r in results])
     assert len(pairs) == 1 and dropped["duplicate"] + dropped["no_chosen"] == 1
+
+
+def test_next_step_pairs_keep_one_step_on_each_side_and_drop_pairs_of_the_same_step():
+    pair = {"prompt": PROMPT + "1 + 2 = 3\n", "chosen": "3 + 4 = 7\n7 - 1 = 6\nThe answer is 6", "rejected": "3 + 4 = 8\n", "id": "a", "kind": "step", "pit_step": 2}
+    same_step = {**pair, "chosen": "3 + 4 = 8\n8 - 2 = 6\nThe answer is 6"}  # a lucky completion through the pit step
+    last_step = {**pair, "prompt": PROMPT + "1 + 2 = 3\n3 + 4 = 7\n7 - 1 = 6\n", "chosen": "The answer is 6", "rejected": "The answer is 5"}
+    pairs, identical = next_step_pairs([pair, same_step, last_step], TASK)
+    assert identical == 1
+    assert [(p["chosen"], p["rejected"], p["kind"]) for p in pairs] == [
+        ("3 + 4 = 7\n", "3 + 4 = 8\n", "next_step"),
+        ("The answer is 6", "The answer is 5", "next_step"),
+    ]
+    assert pairs[0]["prompt"] == pair["prompt"]
 
 
 def test_rejected_items_and_step_values():

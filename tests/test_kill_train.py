@@ -66,6 +66,16 @@ def base(tmp_path_factory, quick_overrides):
     return run_dir, overrides
 
 
+def sft_past_a_checkpoint(base: tuple[Path, list[str]], tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+    """`stage sft` on a copy of the base run, once it has registered a checkpoint."""
+    base_dir, overrides = base
+    run_dir = tmp_path / "train"
+    shutil.copytree(base_dir, run_dir)
+    process = stage("sft", run_dir, overrides)
+    wait_for_checkpoint(process, run_dir)
+    return process, run_dir
+
+
 def check_resumed_model(run_dir: Path) -> dict:
     metrics = RunDir(run_dir).manifest("sft")["metrics"]
     assert metrics["steps"] == 60
@@ -77,11 +87,7 @@ def check_resumed_model(run_dir: Path) -> dict:
 
 
 def test_a_killed_training_worker_restarts_from_the_last_checkpoint(base, tmp_path):
-    run_dir, overrides = base
-    shutil.copytree(run_dir, tmp_path / "train")
-    run_dir = tmp_path / "train"
-    process = stage("sft", run_dir, overrides)
-    wait_for_checkpoint(process, run_dir)
+    process, run_dir = sft_past_a_checkpoint(base, tmp_path)
     workers = train_workers()
     assert len(workers) == 2
     workers[-1].send_signal(signal.SIGKILL)
@@ -92,15 +98,12 @@ def test_a_killed_training_worker_restarts_from_the_last_checkpoint(base, tmp_pa
 
 
 def test_a_killed_driver_resumes_training_from_the_checkpoint(base, tmp_path):
-    run_dir, overrides = base
-    shutil.copytree(run_dir, tmp_path / "train")
-    run_dir = tmp_path / "train"
-    process = stage("sft", run_dir, overrides)
-    wait_for_checkpoint(process, run_dir)
+    process, run_dir = sft_past_a_checkpoint(base, tmp_path)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert RunDir(run_dir).manifest("sft") is None  # never marked done
 
+    _, overrides = base
     output = finish(stage("sft", run_dir, overrides))
     assert "resuming" in output
     check_resumed_model(run_dir)

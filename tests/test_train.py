@@ -19,7 +19,7 @@ from selfexplore.models import build_char_tokenizer, build_tiny_model
 from selfexplore.run_dir import TrainLogs
 from selfexplore.tasks import format_prompt, get_task
 from selfexplore.train import train_dpo, train_sft
-from selfexplore.train.data import IGNORE_INDEX, rejected_gets_eos, tokenize_dpo, tokenize_sft
+from selfexplore.train.data import IGNORE_INDEX, gets_eos, tokenize_dpo, tokenize_sft
 from selfexplore.train.metrics_log import MetricsLog
 
 
@@ -60,7 +60,7 @@ def test_sft_tokenisation_masks_the_prompt_and_ends_with_eos():
     assert labels == [IGNORE_INDEX] * 4 + ids[4:]
 
 
-def test_dpo_tokenisation_puts_eos_on_chosen_and_on_outcome_rejected_only():
+def test_dpo_tokenisation_puts_eos_on_whole_solutions_only():
     tok = build_char_tokenizer()
     eos = tok.eos_token_id
     rows = [
@@ -69,15 +69,18 @@ def test_dpo_tokenisation_puts_eos_on_chosen_and_on_outcome_rejected_only():
         {"prompt": "Q\n", "chosen": "The answer is 2", "rejected": "", "kind": "step"},
         {"prompt": "Q" * 30, "chosen": "a", "rejected": "b", "kind": "outcome"},
         {"prompt": "Q\n", "chosen": "a" * 40, "rejected": "b", "kind": "outcome"},
+        {"prompt": "Q\n", "chosen": "1 + 1 = 2\n", "rejected": "1 + 1 = 3\n", "kind": "next_step"},
     ]
     data = tokenize_dpo(rows, tok, max_length=40, max_prompt_length=20)
-    assert (data.num_examples, data.dropped_empty, data.dropped_too_long) == (2, 1, 2)
-    step, outcome = ({column: values[i] for column, values in data.examples.items()} for i in (0, 1))
+    assert (data.num_examples, data.dropped_empty, data.dropped_too_long) == (3, 1, 2)
+    step, outcome, next_step = ({column: values[i] for column, values in data.examples.items()} for i in (0, 1, 2))
     assert step["prompt_ids"][0] == tok.bos_token_id
     assert step["chosen_ids"][-1] == eos and outcome["chosen_ids"][-1] == eos
     assert step["rejected_ids"] == tok.convert_tokens_to_ids(list("1 + 1 = 3\n"))  # the pit step, no EOS
     assert outcome["rejected_ids"][-1] == eos
-    assert rejected_gets_eos("outcome") and not rejected_gets_eos("step")
+    assert next_step["chosen_ids"] == tok.convert_tokens_to_ids(list("1 + 1 = 2\n"))  # one step each side, no EOS
+    assert next_step["rejected_ids"] == step["rejected_ids"]
+    assert [gets_eos(kind) for kind in ("outcome", "step", "next_step")] == [(True, True), (True, False), (False, False)]
     with pytest.raises(DataError, match="kind"):
         tokenize_dpo([{**rows[0], "kind": "final"}], tok, 40, 20)
     with pytest.raises(DataError, match="row 0 lacks"):

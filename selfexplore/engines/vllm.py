@@ -34,19 +34,13 @@ T = TypeVar("T")
 class VLLMEngine:
     def __init__(self, model_dir: str, cfg: EngineConfig):
         check_backend(cfg)
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.platforms import current_platform
-        from vllm.v1.engine.async_llm import AsyncLLM
-
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="vllm-engine-loop", daemon=True)
         self.thread.start()
 
-        async def start() -> AsyncLLM:
+        async def start():
             # Built on its loop: the engine's sockets and output handler (started at once) belong to that loop.
-            # vLLM's per-step stats logging would flood the actor's log.
-            options = vllm_engine_args(model_dir, cfg, on_cpu=current_platform.is_cpu())
-            return AsyncLLM.from_engine_args(AsyncEngineArgs(**options, disable_log_stats=True))
+            return start_async_llm(model_dir, cfg)
 
         try:
             self.llm = self._run(start())
@@ -105,6 +99,17 @@ class VLLMEngine:
         async for output in self.llm.generate({"prompt_token_ids": prompt}, sampling, uuid.uuid4().hex):
             final = output
         return [Completion(o.text, *generated(o)) for o in final.outputs]
+
+
+def start_async_llm(model_dir: str, cfg: EngineConfig):
+    """vLLM's `AsyncLLM` for the model with the engine settings of `cfg`; built on the event loop that will use it."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.platforms import current_platform
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    options = vllm_engine_args(model_dir, cfg, on_cpu=current_platform.is_cpu())
+    # vLLM's per-step stats logging would flood the actor's or replica's log; our own counters cover it.
+    return AsyncLLM.from_engine_args(AsyncEngineArgs(**options, disable_log_stats=True))
 
 
 def vllm_engine_args(model_dir: str, cfg: EngineConfig, on_cpu: bool) -> dict:

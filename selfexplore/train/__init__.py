@@ -55,8 +55,7 @@ def train_dpo(
 ) -> dict:
     """Sigmoid DPO (beta `cfg.beta`) on `{prompt, chosen, rejected, kind}` pairs against the frozen `ref_model_dir`.
 
-    Chosen responses end with EOS; rejected ones only for `kind == "outcome"` (a step pair's rejected is a partial
-    solution, see `data.rejected_gets_eos`).
+    Whole solutions and completions end with EOS, single steps do not (see `data.gets_eos`).
     """
     data = tokenize_dpo(rows, AutoTokenizer.from_pretrained(init_model_dir), cfg.max_length, cfg.max_prompt_length)
     metrics = fit("dpo", "dpo", data, cfg, init_model_dir, out_dir, storage_dir, ref_model_dir=ref_model_dir, logs=logs)

@@ -63,15 +63,19 @@ def tokenize_sft(rows: list[dict], tokenizer: PreTrainedTokenizerBase, max_lengt
     return out
 
 
-def rejected_gets_eos(kind: str) -> bool:
-    """Whether the rejected response of a pair of this kind ends with EOS.
+PAIR_KINDS = ("outcome", "step", "next_step")
 
-    An outcome pair's rejected is a whole wrong solution, so it ends like one. A step pair's rejected is the first
-    pit, a single step of a partial solution: the paper leaves EOS off so that DPO does not also penalise stopping.
+
+def gets_eos(kind: str) -> tuple[bool, bool]:
+    """Whether the chosen and the rejected response of a pair of this kind end with EOS.
+
+    An outcome pair holds two whole solutions, so both end like one. A step pair's rejected is the first pit, a
+    single step of a partial solution: the paper leaves EOS off so that DPO does not also penalise stopping; its
+    chosen is a whole completion. A `next_step` pair (Step-DPO) holds one step on each side: neither ends.
     """
-    if kind not in ("outcome", "step"):
-        raise DataError(f"DPO data: pair kind must be 'outcome' or 'step', got {kind!r}")
-    return kind == "outcome"
+    if kind not in PAIR_KINDS:
+        raise DataError(f"DPO data: pair kind must be one of {', '.join(PAIR_KINDS)}, got {kind!r}")
+    return kind != "next_step", kind == "outcome"
 
 
 def tokenize_dpo(
@@ -79,15 +83,16 @@ def tokenize_dpo(
 ) -> Tokenized:
     """`{prompt, chosen, rejected, kind}` rows -> `prompt_ids`, `chosen_ids`, `rejected_ids`.
 
-    Chosen always ends with EOS; rejected only for outcome pairs (see `rejected_gets_eos`). A pair is dropped when
+    Which responses end with EOS depends on the pair's kind (`gets_eos`). A pair is dropped when
     its prompt exceeds `max_prompt_length` or prompt + the longer response exceeds `max_length`.
     """
     _require(rows, ("prompt", "chosen", "rejected", "kind"), "DPO data")
     out = Tokenized(examples={"prompt_ids": [], "chosen_ids": [], "rejected_ids": []})
     for row in rows:
         prompt = tokenizer(row["prompt"])["input_ids"]
-        chosen = _response_ids(tokenizer, row["chosen"], eos=True)
-        rejected = _response_ids(tokenizer, row["rejected"], eos=rejected_gets_eos(row["kind"]))
+        chosen_eos, rejected_eos = gets_eos(row["kind"])
+        chosen = _response_ids(tokenizer, row["chosen"], eos=chosen_eos)
+        rejected = _response_ids(tokenizer, row["rejected"], eos=rejected_eos)
         if not rejected:
             # E.g. a pit step cut to nothing upstream: it has no log-probability to push down.
             out.dropped_empty += 1
