@@ -16,6 +16,8 @@ step-pair format (`--pair-formats`, default `full,next_step`) runs on a copy of 
   `step-rft` (Self-Explore - RFT), `step-outcome` (Self-Explore - outcome DPO), `outcome-rft`, and for each other
   pair format `<format>-rft`, `<format>-outcome`, `<format>-step`; for the validation split (what settings are
   tuned on) and the test split (reported once);
+- arith only: the share of problems solved with every step right (`selfexplore.tasks.arith.first_wrong_step`), per
+  model, and the paired differences counted that way (`paired_every_step_right`, test): a lucky answer is no credit;
 - what DPO did: final loss, reward margin and accuracy, pairs trained on.
 
 Writes `bench/results/method.json`.
@@ -35,6 +37,7 @@ from selfexplore.config import load_config
 from selfexplore.io import read_jsonl
 from selfexplore.run_dir import RunDir
 from selfexplore.stats import paired_difference
+from selfexplore.tasks.arith import solved_by_right_steps
 
 from record import write_report  # bench/record.py
 
@@ -67,8 +70,12 @@ def run_seed(config: str, seed: int, overrides: list[str], output_dir: Path, pai
     return run_dir
 
 
-def correct(run_dir: RunDir, model: str, split: str) -> list[bool]:
-    return [row["correct"] for row in read_jsonl(run_dir.eval_results(model, split))]
+def correct(run_dir: RunDir, model: str, split: str, every_step_right: bool = False) -> list[bool]:
+    """Per problem: solved; with `every_step_right` (arith), solved with no wrong step."""
+    rows = read_jsonl(run_dir.eval_results(model, split))
+    if every_step_right:
+        return [solved_by_right_steps(row["question"], row["completion"], row["answer"]) for row in rows]
+    return [row["correct"] for row in rows]
 
 
 def main() -> None:
@@ -98,11 +105,12 @@ def main() -> None:
             other = run_seed(args.config, seed, args.overrides, Path(args.output_dir), pair_format, copy_of=run_dir.root)
             runs[(f"dpo-step:{pair_format}", seed)] = (other, "dpo-step")
 
-    def outcomes(model: str, seed: int, split: str) -> list[bool]:
+    def outcomes(model: str, seed: int, split: str, every_step_right: bool = False) -> list[bool]:
         run_dir, stage_model = runs[(model, seed)]
-        return correct(run_dir, stage_model, split)
+        return correct(run_dir, stage_model, split, every_step_right)
 
     models = [*MODELS, *(f"dpo-step:{f}" for f in other_formats)]
+    arith = load_config(args.config, args.overrides).task.name == "arith"  # steps that can be checked
     rows = {}
     for model in models:
         rows[model] = {}
@@ -111,14 +119,19 @@ def main() -> None:
             mean = sum(per_seed) / len(per_seed)
             spread = (sum((a - mean) ** 2 for a in per_seed) / max(1, len(per_seed) - 1)) ** 0.5
             rows[model][split] = {"per_seed": per_seed, "mean": mean, "std": spread}
+            if arith:
+                right = [sum(c) / len(c) for c in (outcomes(model, s, split, every_step_right=True) for s in seeds)]
+                rows[model][split]["every_step_right"] = {"per_seed": right, "mean": sum(right) / len(right)}
     pairs = dict(PAIRS)
     for f in other_formats:
         pairs |= {f"{f}-rft": ("rft", f"dpo-step:{f}"), f"{f}-outcome": ("dpo-outcome", f"dpo-step:{f}"), f"{f}-step": ("dpo-step", f"dpo-step:{f}")}
-    paired, paired_validation = {}, {}
+    paired, paired_validation, paired_every_step_right = {}, {}, {}
     for name, (a, b) in pairs.items():
-        for split, out in (("test", paired), ("validation", paired_validation)):
-            pooled = paired_difference([outcomes(a, s, split) for s in seeds], [outcomes(b, s, split) for s in seeds])
-            per_seed = [paired_difference([outcomes(a, s, split)], [outcomes(b, s, split)])["mean"] for s in seeds]
+        for split, right, out in (("test", False, paired), ("validation", False, paired_validation), ("test", True, paired_every_step_right)):
+            if right and not arith:
+                continue
+            pooled = paired_difference([outcomes(a, s, split, right) for s in seeds], [outcomes(b, s, split, right) for s in seeds])
+            per_seed = [paired_difference([outcomes(a, s, split, right)], [outcomes(b, s, split, right)])["mean"] for s in seeds]
             out[name] = {**pooled, "per_seed": per_seed}
     keys = ("examples", "dropped_identical_steps", "first_loss", "final_loss", "rewards/margins", "rewards/accuracies")
     dpo = {}
@@ -138,6 +151,8 @@ def main() -> None:
         "rows": rows,
         "paired": paired,
         "paired_validation": paired_validation,
+        # arith: the same differences counting only problems solved with every step right (not by a lucky answer)
+        "paired_every_step_right": paired_every_step_right,
         "dpo": dpo,
     }
     write_report(report, "method", args.out)

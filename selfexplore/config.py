@@ -218,6 +218,10 @@ class DPOConfig(TrainConfig):
     """DPO temperature."""
     loss_type: str = "sigmoid"
     """TRL DPO loss (sigmoid is the paper's)."""
+    sft_weight: float = 0.0
+    """Weight of a negative log-likelihood loss on the chosen responses added to the DPO loss (RPO: Pang et al.,
+    2024); 0 is plain DPO, the paper's. Plain DPO can lower the chosen responses' likelihood along with the
+    rejected ones', and with it greedy accuracy; the NLL term keeps the chosen likely."""
     max_prompt_length: int = 512
     """Longest prompt in tokens (step-pair prompts hold the question and the steps before the pit)."""
 
@@ -422,6 +426,8 @@ def check_run(cfg: RunConfig, source: str) -> None:
             batch_split(getattr(cfg, section), getattr(cfg, section).num_workers)
         except ValueError as e:
             raise ConfigError(f"{source}: `{section}.batch_size`: {e}") from None
+    if cfg.dpo.sft_weight < 0:
+        raise ConfigError(f"{source}: `dpo.sft_weight` must be at least 0 (0 = plain DPO), got {cfg.dpo.sft_weight}")
     if not 0.0 <= cfg.task.validation_fraction <= 0.5:
         raise ConfigError(f"{source}: `task.validation_fraction` must be between 0 and 0.5, got {cfg.task.validation_fraction}")
     arith = cfg.task.arith

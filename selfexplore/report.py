@@ -17,6 +17,7 @@ from selfexplore.io import atomic_write, read_json, read_jsonl
 from selfexplore.rollout import iter_results
 from selfexplore.run_dir import MODEL_TITLES, SAMPLES, STAGES, STEP_VALUES, TRAINED_MODELS, RunDir
 from selfexplore.stats import paired_difference
+from selfexplore.tasks.arith import solved_by_right_steps
 
 
 def write_report(run_dir: RunDir, cfg: RunConfig, wall_s: float | None = None) -> str:
@@ -35,14 +36,22 @@ def report_text(run_dir: RunDir, cfg: RunConfig, wall_s: float | None) -> str:
         f"Task `{cfg.task.name}`, model `{cfg.model.path or 'tiny (built from scratch)'}`, greedy decoding. Test: "
         "evaluated once per model, reported; validation: what settings are tuned on.",
         "",
-        "| model | test accuracy | 95% CI | correct / n | validation |",
-        "|---|---|---|---|---|",
+    ]
+    # arith steps can be checked: how many test problems each model solves with every step right, not by luck.
+    checked = cfg.task.name == "arith"
+    lines += [
+        "| model | test accuracy | 95% CI | correct / n | validation |" + (" test, every step right |" if checked else ""),
+        "|---|---|---|---|---|" + ("---|" if checked else ""),
     ]
     for name, s in evaluated(run_dir):
         lo, hi = s["ci95"]
         validation = run_dir.eval_summary(name, "validation")
         on_validation = f"{100 * read_json(validation)['accuracy']:.1f}%" if validation.is_file() else "–"
-        lines.append(f"| {MODEL_TITLES[name]} | {100 * s['accuracy']:.1f}% | {100 * lo:.1f}–{100 * hi:.1f}% | {s['correct']} / {s['n']} | {on_validation} |")
+        row = f"| {MODEL_TITLES[name]} | {100 * s['accuracy']:.1f}% | {100 * lo:.1f}–{100 * hi:.1f}% | {s['correct']} / {s['n']} | {on_validation} |"
+        if checked:
+            right = [solved_by_right_steps(r["question"], r["completion"], r["answer"]) for r in read_jsonl(run_dir.eval_results(name))]
+            row += f" {100 * sum(right) / len(right):.1f}% |"
+        lines.append(row)
     lines += paired_lines(run_dir, [name for name, _ in evaluated(run_dir)])
     metrics = {name: m["metrics"] for name in STAGES if (m := run_dir.manifest(name))}
     lines.append("")

@@ -60,10 +60,19 @@ def finished(tmp_path):
     return run_dir, cfg
 
 
+QUESTION = "Ana has 1 cups. Then she gets 2 more. Then she gets 4 more. Then she loses 1. How many cups does Ana have now?"
+RIGHT, LUCKY, WRONG = "1 + 2 = 3\n3 + 4 = 7\n7 - 1 = 6\nThe answer is 6", "1 + 2 = 4\n4 + 4 = 7\n7 - 1 = 6\nThe answer is 6", "1 + 2 = 3\nThe answer is 3"
+
+
 def evaluate(run_dir: RunDir, cfg, model: str, correct: int) -> None:
+    """40 eval rows: the first `correct` solved, the first half of those with every step right, the rest by luck."""
+    rows = [
+        {"id": f"t{i}", "question": QUESTION, "answer": "6", "completion": RIGHT if i < correct // 2 else LUCKY if i < correct else WRONG, "correct": i < correct}
+        for i in range(40)
+    ]
     for split in ("validation", "test"):
         write_json(run_dir.eval_summary(model, split), summary(correct))
-        write_jsonl(run_dir.eval_results(model, split), [{"id": f"t{i}", "correct": i < correct} for i in range(40)])
+        write_jsonl(run_dir.eval_results(model, split), rows)
     finish(run_dir, cfg, f"eval-{model}", {"validation": summary(correct), "test": summary(correct)})
 
 
@@ -77,6 +86,7 @@ def test_report_draws_every_figure_as_a_png_linked_from_report_md(finished):
     run_dir, cfg = finished
     text = write_report(run_dir, cfg)
     assert "| Self-Explore (step pairs) | 30.0% |" in text and "![" not in text  # the terminal gets no image links
+    assert "| 12 / 40 | 30.0% | 15.0% |" in text  # 6 of its 12 solved problems with every step right
     # The same 40 problems: SFT solved the first 10, Self-Explore the first 12.
     assert "| Self-Explore (step pairs) − SFT | +5.0 | +0.0 to +12.5 | 0 / 2 |" in text
     report = run_dir.report.read_text()

@@ -135,7 +135,7 @@ def test_sft_learns_and_writes_a_loadable_model(ray_session, tiny_model, arith_r
     assert generated.shape[1] > batch["input_ids"].shape[1]
 
 
-def test_dpo_on_both_pair_kinds_under_zero3_with_two_workers(ray_session, tiny_model, arith_rows, tmp_path):
+def test_dpo_with_an_nll_term_on_both_pair_kinds_under_zero3_with_two_workers(ray_session, tiny_model, arith_rows, tmp_path):
     pairs = []
     for i, row in enumerate(arith_rows[:16]):
         first, rest = row["completion"].split("\n", 1)
@@ -146,13 +146,12 @@ def test_dpo_on_both_pair_kinds_under_zero3_with_two_workers(ray_session, tiny_m
     pairs.append({**pairs[0], "prompt": "x" * 300})  # longer than max_prompt_length: dropped, counted
     cfg = DPOConfig(
         max_steps=4, batch_size=8, learning_rate=1e-3, logging_steps=2, zero_stage=3, num_workers=2,
-        max_length=256, max_prompt_length=160,
+        max_length=256, max_prompt_length=160, sft_weight=1.0,  # plain DPO runs in the pipeline tests
     )
     out = tmp_path / "dpo"
     metrics = train_dpo(pairs, tiny_model, tiny_model, out, cfg, tmp_path / "ray")
 
     assert metrics["steps"] == 4 and metrics["examples"] == 16 and metrics["dropped_too_long"] == 1
-    assert 0.0 <= metrics["rewards/accuracies"] <= 1.0
     assert metrics["rewards/margins"] > 0  # four steps at this learning rate already separate the pairs
     trained = load_file(out / "model.safetensors")
     initial = load_file(f"{tiny_model}/model.safetensors")

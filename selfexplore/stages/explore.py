@@ -9,6 +9,8 @@ The **first pit** is the first step j after which none of the k completions is c
                itself a correct sample from the bare question)
     rejected = step j alone (a partial solution: DPO gives it no end-of-sequence token)
 
+(`explore.pair_format: next_step` cuts the chosen to its first step when `dpo-step` reads the pairs: Step-DPO's.)
+
 Prefix M is the whole rejected solution: never probed, its value is 0 (its own grade). Search strategies
 (`PitSearch`): `linear` probes 1, 2, ... and stops at the first pit (the paper's; no 20-step cap); `binary`
 bisects between the last positive and the first zero value (OmegaPRM), so the step before its pit is always

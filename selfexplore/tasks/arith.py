@@ -122,3 +122,8 @@ def first_wrong_step(question: str, solution: str) -> int | None:
             return i
         value = result
     return None
+
+
+def solved_by_right_steps(question: str, completion: str, gold: str) -> bool:
+    """Correct for the right reasons: the final answer is `gold` and no step is wrong (not a lucky answer)."""
+    return grade(completion, gold) and first_wrong_step(question, completion) is None

@@ -201,7 +201,9 @@ def _trl_args(kind: str, cfg: TrainConfig, output_dir: str) -> TRLSFTConfig | TR
         # Examples arrive tokenised with labels and within max_length, so TRL has nothing left to prepare.
         return TRLSFTConfig(**common, max_length=None, dataset_kwargs={"skip_prepare_dataset": True})
     assert isinstance(cfg, DPOConfig)
-    return TRLDPOConfig(**common, beta=cfg.beta, loss_type=[cfg.loss_type], max_length=cfg.max_length)
+    # TRL's "sft" loss: the mean NLL of the chosen tokens, added with its weight.
+    losses = {cfg.loss_type: 1.0} | ({"sft": cfg.sft_weight} if cfg.sft_weight else {})
+    return TRLDPOConfig(**common, beta=cfg.beta, loss_type=list(losses), loss_weights=list(losses.values()), max_length=cfg.max_length)
 
 
 def _metrics(trainer, result) -> dict:
