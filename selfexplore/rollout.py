@@ -34,6 +34,8 @@ from selfexplore.io import read_json, read_jsonl, write_json, write_jsonl
 
 NODES_FILE = "nodes.json"
 """Next to the shards: the node id of the engine that wrote each shard."""
+ENGINES_READY_TIMEOUT_S = 1800
+"""How long a rollout waits for all its engines to load (a cluster may have to scale up first)."""
 
 class EngineWorker(abc.ABC):
     """Base of the Ray Data callable classes: loads the engine and the task once per actor.
@@ -90,6 +92,9 @@ def run_rollout(
     # A vLLM engine is thread-safe: with several `__call__`s at once on an actor (threads), their requests share the
     # engine's running batch and it never drains between batches. `hf` runs one batch at a time.
     calls = engine_cfg.vllm.batches_in_flight if engine_cfg.backend == "vllm" else 1
+    # Every engine is up before the first batch goes out: else the first engine ready may take a small stage's every
+    # batch, and an engine the cluster cannot place is a clear error, not a stage that silently runs on fewer.
+    ray.data.DataContext.get_current().wait_for_min_actors_s = ENGINES_READY_TIMEOUT_S
     dataset = ray.data.from_items([{"row": json.dumps(row)} for row in todo])
     dataset = dataset.map_batches(
         worker_cls,

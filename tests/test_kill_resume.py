@@ -15,8 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
-
+from processes import session_processes  # tests/processes.py
 from selfexplore.rollout import iter_results
 from selfexplore.run_dir import OUTCOME_PAIRS, PROBES, RFT_SET, SAMPLES, STEP_PAIRS, STEP_VALUES, RunDir
 
@@ -102,7 +101,7 @@ def test_a_killed_engine_actor_is_restarted_and_every_row_done_once(quick_run, t
     copy = copy_without(quick_run, "eval-rft", tmp_path)
     process = stage("eval-rft", copy, quick_run.overrides)
     wait_for_shards(process, copy.shards("eval-rft") / "validation", 1)
-    actors = [p for p in psutil.process_iter(["cmdline"]) if any("EvalWorker" in part for part in p.info["cmdline"] or [])]
+    actors = session_processes(process.pid, "EvalWorker")
     assert len(actors) == 1
     actors[0].send_signal(signal.SIGKILL)
     finish(process)

@@ -16,11 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 from transformers import AutoModelForCausalLM
 
 from selfexplore.io import read_jsonl
+from processes import session_processes  # tests/processes.py
 from selfexplore.run_dir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,10 +54,6 @@ def wait_for_checkpoint(process: subprocess.Popen, run_dir: Path) -> None:
         time.sleep(0.2)
 
 
-def train_workers() -> list[psutil.Process]:
-    return [p for p in psutil.process_iter(["cmdline"]) if any("RayTrainWorker" in part for part in p.info["cmdline"] or [])]
-
-
 @pytest.fixture(scope="module")
 def base(tmp_path_factory, quick_overrides):
     run_dir = tmp_path_factory.mktemp("runs") / "train"
@@ -88,12 +84,12 @@ def check_resumed_model(run_dir: Path) -> dict:
 
 def test_a_killed_training_worker_restarts_from_the_last_checkpoint(base, tmp_path):
     process, run_dir = sft_past_a_checkpoint(base, tmp_path)
-    workers = train_workers()
+    workers = session_processes(process.pid, "RayTrainWorker")
     assert len(workers) == 2
     workers[-1].send_signal(signal.SIGKILL)
     output = finish(process)
     check_resumed_model(run_dir)
-    assert not train_workers(), "no training worker outlives its stage"
+    assert not session_processes(process.pid, "RayTrainWorker"), "no training worker outlives its stage"
     assert "[sft] done" in output
 
 
