@@ -26,6 +26,7 @@ Writes `bench/results/method.json`.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import subprocess
@@ -105,9 +106,10 @@ def main() -> None:
             other = run_seed(args.config, seed, args.overrides, Path(args.output_dir), pair_format, copy_of=run_dir.root)
             runs[(f"dpo-step:{pair_format}", seed)] = (other, "dpo-step")
 
-    def outcomes(model: str, seed: int, split: str, every_step_right: bool = False) -> list[bool]:
+    @functools.cache  # read and graded once: every comparison below asks again
+    def outcomes(model: str, seed: int, split: str, every_step_right: bool = False) -> tuple[bool, ...]:
         run_dir, stage_model = runs[(model, seed)]
-        return correct(run_dir, stage_model, split, every_step_right)
+        return tuple(correct(run_dir, stage_model, split, every_step_right))
 
     models = [*MODELS, *(f"dpo-step:{f}" for f in other_formats)]
     arith = load_config(args.config, args.overrides).task.name == "arith"  # steps that can be checked
