@@ -14,6 +14,10 @@ results stream back and keeps only their keys, so its memory stays bounded at an
 shards back as they need them. A run that was cut off resumes from its finished shards (the pipeline deletes a stage's
 directory when it starts under another fingerprint, so the shards found here were made under the current one).
 
+Batch shards hold whatever rows a batch happened to get, so when every row is done the rollout rewrites them into
+its final layout: the rows in input order, `ROWS_PER_SHARD` to a file (`rows-*.jsonl`). The files are then the same,
+byte for byte, whatever the engine count, the batch size, or where a run was cut off and resumed.
+
 Rows cross Ray Data as JSON strings: the records are nested and ragged (lists of samples, of probes), which Arrow
 schema inference handles poorly, and the workers only ever need whole records.
 """
@@ -30,10 +34,14 @@ import ray
 from selfexplore import console
 from selfexplore.config import EngineConfig
 from selfexplore.errors import StageError, root_cause
-from selfexplore.io import read_json, read_jsonl, write_json, write_jsonl
+from selfexplore.io import atomic_write, read_json, read_jsonl, write_json, write_jsonl
 
 NODES_FILE = "nodes.json"
-"""Next to the shards: the node id of the engine that wrote each shard."""
+"""Next to the shards: the node ids of the engines that did the rows (across resumes)."""
+SEALED_FILE = "sealed.json"
+"""Next to the shards once every row is done and they are in their final layout."""
+ROWS_PER_SHARD = 256
+"""Rows per final shard file: part of the layout, so a constant, not an engine setting."""
 ENGINES_READY_TIMEOUT_S = 1800
 """How long a rollout waits for all its engines to load (a cluster may have to scale up first)."""
 
@@ -86,6 +94,7 @@ def run_rollout(
     if done:
         console.say(f"  resuming: {len(rows) - len(todo)}/{len(rows)} {what} already done in {shard_dir}")
     if not todo:
+        _seal(shard_dir, rows, key)  # a run cut off after its last batch, or while it sealed
         return
     progress = console.Progress(what, total=len(rows), done=len(rows) - len(todo))
     placement_groups: list = []  # one per tensor-parallel GPU engine; their GPUs go back when the rollout ends
@@ -110,14 +119,14 @@ def run_rollout(
         **engine_resources(engine_cfg, placement_groups),
     )
     shard_idx = len(list(shard_dir.glob("part-*.jsonl")))
-    nodes = read_json(shard_dir / NODES_FILE) if (shard_dir / NODES_FILE).is_file() else {}
+    nodes = set(rollout_nodes(shard_dir))
     try:
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             results = [json.loads(text) for text in batch["result"]]
-            shard = f"part-{shard_idx:05d}.jsonl"
-            write_jsonl(shard_dir / shard, results)
-            nodes[shard] = str(batch["node"][0])
-            write_json(shard_dir / NODES_FILE, nodes)
+            write_jsonl(shard_dir / f"part-{shard_idx:05d}.jsonl", results)
+            if str(batch["node"][0]) not in nodes:
+                nodes.add(str(batch["node"][0]))
+                write_json(shard_dir / NODES_FILE, sorted(nodes))
             shard_idx += 1
             done.update(result[key] for result in results)
             progress.update(len(done))
@@ -131,16 +140,56 @@ def run_rollout(
         progress.close()
         for group in placement_groups:
             ray.util.remove_placement_group(group)
+    _seal(shard_dir, rows, key)
+
+
+def _seal(shard_dir: Path, rows: list[dict], key: str) -> None:
+    """Rewrite the batch shards of a finished rollout into its final layout (`rows-*.jsonl`, in the order of `rows`).
+
+    Crash-safe: the final files are written first, then `SEALED_FILE` says they are the shards, then the batch
+    shards go. Cut off before the marker, the batch shards are still the shards and a rerun seals again; after it,
+    a rerun only removes what is left of them. One final file's rows are in memory at a time: the rest is an index
+    of where each row lies in the batch shards.
+    """
+    batch_shards = sorted(shard_dir.glob("part-*.jsonl"))
+    if not (shard_dir / SEALED_FILE).is_file():
+        where: dict[str, tuple[Path, int, int]] = {}  # key -> (batch shard, byte offset, length) of its line
+        for shard in batch_shards:
+            with shard.open("rb") as f:
+                offset = 0
+                for line in f:
+                    if line.strip():
+                        where[json.loads(line)[key]] = (shard, offset, len(line))
+                    offset += len(line)
+        missing = [row[key] for row in rows if row[key] not in where]
+        if missing:  # the engines answered every batch, so a row without a result is our bug, not the user's
+            raise StageError(f"{shard_dir}: {len(missing)} rows have no result after the rollout (first: {missing[0]})")
+        for i in range(0, len(rows), ROWS_PER_SHARD):
+            lines = []
+            for row in rows[i : i + ROWS_PER_SHARD]:
+                shard, offset, length = where[row[key]]
+                with shard.open("rb") as f:
+                    f.seek(offset)
+                    lines.append(f.read(length).decode("utf-8"))
+            atomic_write(shard_dir / f"rows-{i // ROWS_PER_SHARD:05d}.jsonl", "".join(lines))
+        write_json(shard_dir / SEALED_FILE, {"rows": len(rows), "rows_per_shard": ROWS_PER_SHARD})
+    for shard in batch_shards:
+        shard.unlink()
 
 
 def rollout_nodes(shard_dir: Path) -> list[str]:
-    """The Ray node ids of the engines that wrote the shards in `shard_dir` (across resumes)."""
-    return sorted(set(read_json(shard_dir / NODES_FILE).values())) if (shard_dir / NODES_FILE).is_file() else []
+    """The Ray node ids of the engines that did the rows in `shard_dir` (across resumes)."""
+    return read_json(shard_dir / NODES_FILE) if (shard_dir / NODES_FILE).is_file() else []
+
+
+def shard_files(shard_dir: Path) -> list[Path]:
+    """The shards of `shard_dir`: the final files once sealed, the batch shards before."""
+    return sorted(shard_dir.glob("rows-*.jsonl" if (shard_dir / SEALED_FILE).is_file() else "part-*.jsonl"))
 
 
 def iter_results(shard_dir: Path) -> Iterator[dict]:
-    """Every result in `shard_dir`, one shard in memory at a time (shard order, not input order)."""
-    for shard in sorted(shard_dir.glob("part-*.jsonl")):
+    """Every result in `shard_dir`, one shard in memory at a time (input order once sealed, batch order before)."""
+    for shard in shard_files(shard_dir):
         yield from read_jsonl(shard)
 
 

@@ -6,9 +6,9 @@
       base/model/                         the base model (unless `model.path` names one)
       sft/model/   rft/model/   dpo-outcome/model/   dpo-step/model/
         (+ `train/`: Ray Train checkpoints, `metrics.jsonl` and `tensorboard/`: every logged training step)
-      sample/samples/part-*.jsonl         N graded samples per problem (the resume unit)
+      sample/samples/rows-*.jsonl         N graded samples per problem (batch shards `part-*.jsonl` while it runs)
       select/rft.jsonl  select/pairs.jsonl    the RFT set and the outcome pairs
-      explore/probes/part-*.jsonl  explore/gpairs.jsonl  explore/step_values.jsonl
+      explore/probes/rows-*.jsonl  explore/gpairs.jsonl  explore/step_values.jsonl
       eval/<model>/{validation,test}.jsonl  eval/<model>/{validation,test}.summary.json
       <stage>/started.json  <stage>/manifest.json
 

@@ -1,7 +1,7 @@
 """Crash safety with real signals. Each rollout stage of the session's two-node run (`quick_run`) is run again on
 a copy, locally with one engine and small batches, and SIGKILLed in the middle — the driver (with its whole
-process group), or one engine actor; after a rerun its outputs equal the uninterrupted two-node run's: every row
-once, the same samples and probes, byte-identical pairs, step values and eval files (`hf` engine).
+process group), or one engine actor; after a rerun its outputs equal the uninterrupted two-node run's byte for
+byte: sample, probe and eval shards, pairs, step values, eval rows and summaries (`hf` engine).
 
 Runs on: CPU, 2 cores, ~4 minutes after `quick_run`: `selfexplore stage` subprocesses, each with its own
 in-process Ray.
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from processes import session_processes  # tests/processes.py
-from selfexplore.rollout import iter_results
+from selfexplore.rollout import iter_results, shard_files
 from selfexplore.run_dir import OUTCOME_PAIRS, PROBES, RFT_SET, SAMPLES, STEP_PAIRS, STEP_VALUES, RunDir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,17 +65,19 @@ def kill_driver_and_resume(copy: RunDir, name: str, shard_dir: Path, overrides: 
     assert "resuming" in finish(stage(name, copy, overrides))
 
 
-def by_key(shard_dir: Path, key: str) -> dict:
-    records = list(iter_results(shard_dir))
-    by = {record[key]: record for record in records}
-    assert len(by) == len(records), "a row was written twice"
-    return by
+def assert_same_shards(copy: Path, original: Path, key: str) -> None:
+    """The same shard files, byte for byte, with every row once."""
+    keys = [record[key] for record in iter_results(copy)]
+    assert len(set(keys)) == len(keys), "a row was written twice"
+    assert [p.name for p in shard_files(copy)] == [p.name for p in shard_files(original)]
+    for mine, theirs in zip(shard_files(copy), shard_files(original)):
+        assert mine.read_bytes() == theirs.read_bytes(), mine
 
 
 def test_sample_killed_mid_stage_resumes_to_the_uninterrupted_result(quick_run, tmp_path):
     copy = copy_without(quick_run, "sample", tmp_path)
     kill_driver_and_resume(copy, "sample", copy.path(SAMPLES), quick_run.overrides)
-    assert by_key(copy.path(SAMPLES), "id") == by_key(quick_run.run_dir.path(SAMPLES), "id")  # 64 problems, once each
+    assert_same_shards(copy.path(SAMPLES), quick_run.run_dir.path(SAMPLES), "id")  # 64 problems, once each
     copy.discard("select")
     finish(stage("select", copy, quick_run.overrides))
     for artifact in (RFT_SET, OUTCOME_PAIRS):
@@ -85,7 +87,7 @@ def test_sample_killed_mid_stage_resumes_to_the_uninterrupted_result(quick_run, 
 def test_explore_killed_mid_stage_resumes_to_the_uninterrupted_result(quick_run, tmp_path):
     copy = copy_without(quick_run, "explore", tmp_path)
     kill_driver_and_resume(copy, "explore", copy.path(PROBES), quick_run.overrides)
-    assert by_key(copy.path(PROBES), "key") == by_key(quick_run.run_dir.path(PROBES), "key")
+    assert_same_shards(copy.path(PROBES), quick_run.run_dir.path(PROBES), "key")
     for artifact in (STEP_PAIRS, STEP_VALUES):
         assert copy.path(artifact).read_bytes() == quick_run.run_dir.path(artifact).read_bytes(), artifact
 
@@ -93,6 +95,8 @@ def test_explore_killed_mid_stage_resumes_to_the_uninterrupted_result(quick_run,
 def test_eval_killed_mid_stage_resumes_to_the_uninterrupted_result(quick_run, tmp_path):
     copy = copy_without(quick_run, "eval-sft", tmp_path)
     kill_driver_and_resume(copy, "eval-sft", copy.shards("eval-sft") / "validation", quick_run.overrides)
+    for split in ("validation", "test"):
+        assert_same_shards(copy.shards("eval-sft") / split, quick_run.run_dir.shards("eval-sft") / split, "id")
     for path in (copy.eval_results("sft", "validation"), copy.eval_summary("sft", "validation"), copy.eval_results("sft"), copy.eval_summary("sft")):
         assert path.read_bytes() == (quick_run.run_dir.root / path.relative_to(copy.root)).read_bytes(), path
 
@@ -106,6 +110,6 @@ def test_a_killed_engine_actor_is_restarted_and_every_row_done_once(quick_run, t
     actors[0].send_signal(signal.SIGKILL)
     finish(process)
     for split in ("validation", "test"):
-        assert by_key(copy.shards("eval-rft") / split, "id").keys() == by_key(quick_run.run_dir.shards("eval-rft") / split, "id").keys()
+        assert_same_shards(copy.shards("eval-rft") / split, quick_run.run_dir.shards("eval-rft") / split, "id")
     for path in (copy.eval_results("rft", "validation"), copy.eval_results("rft"), copy.eval_summary("rft")):
         assert path.read_bytes() == (quick_run.run_dir.root / path.relative_to(copy.root)).read_bytes(), path

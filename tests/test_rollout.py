@@ -1,5 +1,7 @@
-"""Rollouts through Ray Data: per-row seeds make results independent of batching; a vLLM engine works on several
-batches at once; a failing engine is one clear error with every finished row kept, and a rerun does only the rest.
+"""Rollouts through Ray Data: per-row seeds make results independent of batching, and the final shard files the
+same bytes; a vLLM engine works on several batches at once; a failing engine is one clear error with every
+finished row kept, and a rerun does only the rest; a rollout cut off while it rewrote its shards is finished by the
+rerun.
 
 Runs on: CPU, a local Ray (2 CPUs), the `hf` and `vllm` engines on a freshly built tiny model; ~2 minutes.
 """
@@ -12,8 +14,9 @@ import ray
 
 from selfexplore.config import EngineConfig, SampleConfig, TaskConfig, TinyModelConfig, VLLMConfig
 from selfexplore.errors import StageError
+from selfexplore.io import write_jsonl
 from selfexplore.models import build_tiny_model
-from selfexplore.rollout import iter_results, ordered_results, run_rollout
+from selfexplore.rollout import iter_results, ordered_results, run_rollout, shard_files
 from selfexplore.stages.sample import SampleWorker
 from selfexplore.tasks import get_task
 
@@ -54,6 +57,11 @@ def test_samples_do_not_depend_on_batch_size_or_engine_count(ray_session, proble
     two = sample(model_dir, problems, tmp_path / "b", num_engines=2, rows_per_batch=5)
     assert one == two
     assert len({s["completion"] for r in one for s in r["samples"]}) > len(problems)  # really sampled
+    assert shard_bytes(tmp_path / "a") == shard_bytes(tmp_path / "b")  # and the same files
+
+
+def shard_bytes(shard_dir) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in shard_files(shard_dir)}
 
 
 class InFlightRecordingWorker(SampleWorker):
@@ -104,19 +112,43 @@ class FailingEngineWorker:
         return {"result": [json.dumps({"id": row["id"]}) for row in rows], "node": ["local"] * len(rows)}
 
 
-def test_a_failing_engine_is_one_clear_error_and_a_rerun_does_the_rest(ray_session, tmp_path):
+def test_a_failing_engine_is_one_clear_error_and_a_rerun_does_the_rest(ray_session, tmp_path, monkeypatch):
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actors cannot import this test module
+    monkeypatch.setattr("selfexplore.rollout.ROWS_PER_SHARD", 5)  # final files that split the rows unevenly
     rows = [{"id": f"p{i}"} for i in range(12)]
     engine_cfg = EngineConfig(num_engines=1, rows_per_batch=4, backend="vllm")
     with pytest.raises(StageError) as error:
-        run_rollout(rows, FailingEngineWorker, {"fail_id": "p9"}, engine_cfg, tmp_path, key="id", what="problems sampled")
+        run_rollout(rows, FailingEngineWorker, {"fail_id": "p9"}, engine_cfg, tmp_path / "cut", key="id", what="problems sampled")
     message = str(error.value)
     assert "`vllm` engine failed" in message and "EngineDeadError" in message and "engine.vllm.max_num_seqs" in message
     assert "\n" not in message
-    saved = [r["id"] for r in iter_results(tmp_path)]
+    saved = [r["id"] for r in iter_results(tmp_path / "cut")]
     # Two batches in flight (the vllm backend's default) may finish in either order: whole batches before p9's.
     assert len(set(saved)) == len(saved) and set(saved) <= {f"p{i}" for i in range(8)}
     assert f"{len(saved)}/12 rows are saved" in message
 
-    run_rollout(rows, FailingEngineWorker, {"fail_id": None}, engine_cfg, tmp_path, key="id", what="problems sampled")
-    assert sorted(r["id"] for r in iter_results(tmp_path)) == sorted(row["id"] for row in rows)  # each row once
+    run_rollout(rows, FailingEngineWorker, {"fail_id": None}, engine_cfg, tmp_path / "cut", key="id", what="problems sampled")
+    assert [r["id"] for r in iter_results(tmp_path / "cut")] == [row["id"] for row in rows]  # each row once, in order
+    assert [p.name for p in shard_files(tmp_path / "cut")] == ["rows-00000.jsonl", "rows-00001.jsonl", "rows-00002.jsonl"]
+    assert not list((tmp_path / "cut").glob("part-*"))  # the batch shards are gone
+    # The same files as a run that never failed, in other batches.
+    uncut = EngineConfig(num_engines=1, rows_per_batch=7, backend="vllm")
+    run_rollout(rows, FailingEngineWorker, {"fail_id": None}, uncut, tmp_path / "uncut", key="id", what="problems sampled")
+    assert shard_bytes(tmp_path / "cut") == shard_bytes(tmp_path / "uncut")
+
+
+def test_a_seal_cut_off_at_any_point_is_finished_by_the_rerun(tmp_path):
+    rows = [{"id": f"p{i}"} for i in range(5)]
+    engine_cfg = EngineConfig(num_engines=1, rows_per_batch=2)
+    # Every row done in batch shards, and a final file half written when the driver died: no engine is needed.
+    write_jsonl(tmp_path / "part-00000.jsonl", [{"id": "p3"}, {"id": "p1"}])
+    write_jsonl(tmp_path / "part-00001.jsonl", [{"id": "p0"}, {"id": "p4"}, {"id": "p2"}])
+    (tmp_path / "rows-00000.jsonl").write_text('{"id": "p0"}\n{"id"')
+    run_rollout(rows, FailingEngineWorker, {"fail_id": None}, engine_cfg, tmp_path, key="id", what="problems")
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".jsonl"] == ["rows-00000.jsonl"]
+    sealed = (tmp_path / "rows-00000.jsonl").read_bytes()
+    assert sealed == b"".join(f'{{"id": "p{i}"}}\n'.encode() for i in range(5))
+    # Cut off after the marker, before the batch shards went: the rerun only removes them.
+    write_jsonl(tmp_path / "part-00000.jsonl", [{"id": "p3"}, {"id": "p1"}])
+    run_rollout(rows, FailingEngineWorker, {"fail_id": None}, engine_cfg, tmp_path, key="id", what="problems")
+    assert not list(tmp_path.glob("part-*")) and (tmp_path / "rows-00000.jsonl").read_bytes() == sealed

@@ -25,7 +25,7 @@ engine (one Ray Data row), so the engine's prefix cache reuses their common pref
 the current probes of every solution in its batch: rounds of lockstep search.
 Each probe is seeded by its solution and step alone.
 
-Outputs in `explore/`: `probes/part-*.jsonl` (per rejected solution: steps, probes, pit), `gpairs.jsonl`,
+Outputs in `explore/`: `probes/` (shards: per rejected solution: steps, probes, pit), `gpairs.jsonl`,
 `step_values.jsonl`; the stage's metrics (pits, probes, pairs) are in its manifest.
 """
 

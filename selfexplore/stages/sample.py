@@ -1,7 +1,7 @@
 """`sample`: N solutions per training problem from the SFT model, graded.
 
-Writes `sample/samples/part-*.jsonl`: one record per problem with its N graded samples and their token ids (the
-resume unit). The stage's metrics: accuracy per sample, pass@N, counts. The `select` stage picks the RFT set and
+Writes `sample/samples/`: one record per problem with its N graded samples and their token ids (see
+`selfexplore.rollout` for the shard layout). The stage's metrics: accuracy per sample, pass@N, counts. The `select` stage picks the RFT set and
 the outcome pairs from these.
 """
 
