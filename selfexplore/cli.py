@@ -108,11 +108,11 @@ def cmd_run(args) -> int:
 
 
 def cmd_stage(args) -> int:
-    from selfexplore.pipeline import check_inputs, run_stage, session
+    from selfexplore.pipeline import run_stage, session, start_run
 
     cfg = load_config(args.config, args.overrides)
     with session(cfg, args.verbose):
-        check_inputs(cfg)
+        start_run(cfg)
         run_stage(cfg, args.name)
     return 0
 

@@ -118,12 +118,19 @@ def check_inputs(cfg: RunConfig) -> None:
         base.check_model_path(cfg.model.path)
 
 
-def run_pipeline(cfg: RunConfig) -> str:
-    """Run every stage of `cfg` and return the report text."""
+def start_run(cfg: RunConfig) -> RunDir:
+    """Check the inputs, then write the config the run goes on under (`config.yaml`: what `status`, `eval --run`,
+    `serve` and the benchmarks open the run with), for `run` and `stage` alike."""
+    check_inputs(cfg)
     run_dir = RunDir.of(cfg)
     run_dir.root.mkdir(parents=True, exist_ok=True)
-    check_inputs(cfg)
     atomic_write(run_dir.config, dump_yaml(cfg))
+    return run_dir
+
+
+def run_pipeline(cfg: RunConfig) -> str:
+    """Run every stage of `cfg` and return the report text."""
+    run_dir = start_run(cfg)
     stages = pipeline_stages(cfg)
     log = console.log_file()
     console.say(f"run `{cfg.name}`: {len(stages)} stages in {run_dir.root}" + (f" (library logs in {log.parent})" if log else ""))

@@ -43,6 +43,11 @@ def test_piped_output_is_our_lines_only_and_the_logs_hold_the_libraries(tmp_path
     assert "Started a local Ray instance" in sft_log  # Ray's own lines
     assert "(RayTrainWorker pid=" in sft_log and "[sft] step 6/6 loss" in sft_log  # the workers' output
     assert [row["step"] for row in read_jsonl(run_dir.train_logs("sft").metrics)] == [1, 2, 4, 6]
+    # A run built stage by stage is a run like any other: it holds its config, so `status` (and `eval --run`,
+    # `serve`) can open it.
+    status = selfexplore("status", str(run_dir.root))
+    assert status.returncode == 0, status.stderr
+    assert re.search(r"^sft +done ", status.stdout, re.M) and re.search(r"^sample +not started", status.stdout, re.M)
 
 
 def test_verbose_brings_the_libraries_back(tmp_path):
