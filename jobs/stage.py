@@ -1,6 +1,6 @@
 """Ray job entry point: one stage.
 
-    ray job submit --working-dir . -- python -m jobs.stage explore --config configs/gsm8k-deepseek.yaml
+    ray job submit --working-dir . -- python -m jobs.stage explore --config configs/gsm8k-deepseek-math-7b.yaml
 """
 
 import argparse
