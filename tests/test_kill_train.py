@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM
 
-from selfexplore.io import read_jsonl
 from processes import session_processes  # tests/processes.py
+from selfexplore.io import read_jsonl
 from selfexplore.run_dir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]

@@ -464,7 +464,12 @@ def test_prometheus_metrics(server):
 def test_ctrl_c_stops_the_server(server):
     """Last: stops the module's server, as a user would."""
     server.process.send_signal(signal.SIGINT)
-    assert server.process.wait(timeout=90) == 0, "".join(server.output)
+    try:
+        code = server.process.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        pytest.fail("the server did not stop within 90 s of Ctrl-C; its last output:\n" + "".join(server.output[-60:]))
+    assert code == 0, "".join(server.output)
 
 
 def test_a_model_directory_that_cannot_load_is_one_line_before_ray_starts(tmp_path):

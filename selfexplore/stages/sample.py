@@ -1,8 +1,8 @@
 """`sample`: N solutions per training problem from the SFT model, graded.
 
 Writes `sample/samples/`: one record per problem with its N graded samples and their token ids (see
-`selfexplore.rollout` for the shard layout). The stage's metrics: accuracy per sample, pass@N, counts. The `select` stage picks the RFT set and
-the outcome pairs from these.
+`selfexplore.rollout` for the shard layout). The stage's metrics: accuracy per sample, pass@N, counts. The `select`
+stage picks the RFT set and the outcome pairs from these.
 """
 
 from __future__ import annotations
