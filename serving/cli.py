@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 
@@ -108,12 +109,18 @@ def serve_command(args: argparse.Namespace) -> int:
         node = ray.nodes()[0]
         print(f"Prometheus metrics: http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics",
               flush=True)
+    # SIGTERM (`kill`, `docker stop`, Kubernetes) stops it the way Ctrl-C does: the app is removed, then Ray.
+    signal.signal(signal.SIGTERM, _stop)
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         serve.delete(APP_NAME)
     return 0
+
+
+def _stop(signum, frame):
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:

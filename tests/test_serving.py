@@ -68,6 +68,13 @@ def build_test_model(model_dir: Path) -> None:
     model.save_pretrained(model_dir)
 
 
+# Ctrl-C reaches the server as at a terminal, however pytest was started: a shell without job control starts a
+# background job (`make test &`) with SIGINT ignored, and an ignored signal stays ignored through fork and exec.
+SIGINT_AS_AT_A_TERMINAL = [
+    "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -112,7 +119,7 @@ def server(request, run_dir, reference_engine):
     # float32 on both sides: vLLM's `auto` would run a float32 model in 16 bits, and greedy text would differ.
     port = free_port()
     settings = ["engine.dtype=float32", "limits.max_tokens=256", "limits.default_max_tokens=64", "limits.max_n=4"]
-    command = [sys.executable, "-m", "serving.cli", "serve", str(run_dir), "--port", str(port), "--num-cpus", "4"]
+    command = [sys.executable, *SIGINT_AS_AT_A_TERMINAL, "-m", "serving.cli", "serve", str(run_dir), "--port", str(port), "--num-cpus", "4"]
     command += ["--backend", backend] + [arg for setting in settings for arg in ("--set", setting)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SELFEXPLORE_API_KEY": API_KEY}
     env.pop("RAY_ADDRESS", None)  # its own Ray, not one a test before might point at
@@ -135,7 +142,7 @@ def server(request, run_dir, reference_engine):
         process=process,
         output=output,
     )
-    if process.poll() is None:  # a test run that skipped test_ctrl_c_stops_the_server
+    if process.poll() is None:  # a test run that skipped test_ctrl_c_or_sigterm_stops_the_server
         process.kill()
         process.wait()
 
@@ -461,14 +468,16 @@ def test_prometheus_metrics(server):
     assert missing == []
 
 
-def test_ctrl_c_stops_the_server(server):
-    """Last: stops the module's server, as a user would."""
-    server.process.send_signal(signal.SIGINT)
+def test_ctrl_c_or_sigterm_stops_the_server(server):
+    """Last: stops the module's server, as a user would: Ctrl-C (SIGINT) or `kill` (SIGTERM) take the same path
+    whatever the backend, so each backend's server is stopped by one of them."""
+    stop = {"hf": signal.SIGINT, "vllm": signal.SIGTERM}[server.backend]
+    server.process.send_signal(stop)
     try:
         code = server.process.wait(timeout=90)
     except subprocess.TimeoutExpired:
         server.process.kill()
-        pytest.fail("the server did not stop within 90 s of Ctrl-C; its last output:\n" + "".join(server.output[-60:]))
+        pytest.fail(f"the server did not stop within 90 s of {stop.name}; its last output:\n" + "".join(server.output[-60:]))
     assert code == 0, "".join(server.output)
 
 
