@@ -24,11 +24,7 @@ Writes `bench/results/dpo-diagnosis.json`.
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import shutil
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -42,12 +38,10 @@ from selfexplore.run_dir import OUTCOME_PAIRS, STEP_PAIRS, RunDir
 from selfexplore.stages.explore import rejected_items
 from selfexplore.stats import paired_difference
 from selfexplore.tasks import get_task
-from selfexplore.tasks.arith import first_wrong_step, split_steps
+from selfexplore.tasks.arith import APPLY, EQUATION, first_wrong_step, split_steps
 
-from record import write_report  # bench/record.py
+from record import selfexplore, write_report  # bench/record.py
 
-REPO = Path(__file__).resolve().parents[1]
-EQUATION = re.compile(r"(\d+) ([+\-*]) (\d+) = (\d+)")
 WEIGHTS = "model.safetensors"
 
 
@@ -88,7 +82,7 @@ def label_quality(pairs: list[dict]) -> dict:
         equation = EQUATION.fullmatch(pair["rejected"].strip())
         if equation:
             a, op, b, stated = int(equation[1]), equation[2], int(equation[3]), int(equation[4])
-            right = {"+": a + b, "-": a - b, "*": a * b}[op]
+            right = APPLY[op](a, b)
             slips[f"{op} {stated - right:+d}" if stated != right else f"{op} right result, wrong operand"] += 1
         else:
             slips["not an equation"] += 1
@@ -135,13 +129,6 @@ def add_matched_noise(model_dir: str, reference_dir: str, seed: int) -> None:
     save_file(noisy, f"{model_dir}/{WEIGHTS}", metadata={"format": "pt"})
 
 
-def run_stage(name: str, run: Path, args: list[str]) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "selfexplore.cli", "stage", name, str(run / "config.yaml"), *args], cwd=REPO, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"bench/dpo_diagnosis.py: stage {name} in {run} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-
-
 def copy_run(source: RunDir, output_dir: Path, name: str, drop: tuple[str, ...] = ()) -> RunDir:
     """A copy of `source` as `output_dir/name` (kept when it exists: a rerun skips what is done), without the stages
     in `drop`."""
@@ -174,7 +161,7 @@ def pooled(a_rows: list[dict], b_rows: list[dict], split: str) -> dict:
     """b - a on the same problems, pooled over runs (stratified by run), and per run."""
     a = [[r["correct"] for r in rows[split]] for rows in a_rows]
     b = [[r["correct"] for r in rows[split]] for rows in b_rows]
-    return {**paired_difference(a, b), "per_run": [paired_difference([x], [y])["mean"] for x, y in zip(a, b)]}
+    return {**paired_difference(a, b), "per_run": [(sum(y) - sum(x)) / len(x) for x, y in zip(a, b)]}
 
 
 def main() -> None:
@@ -208,11 +195,13 @@ def main() -> None:
                 write_jsonl(run.path(STEP_PAIRS), pairs[labels])
                 overrides = [f"output_dir={output_dir}", f"name={run.root.name}", f"dpo.learning_rate={lr}"]
                 for stage_name in retrain:
-                    run_stage(stage_name, run.root, overrides)
+                    selfexplore("stage", stage_name, str(run.config), *overrides, bench="dpo_diagnosis")
                 noise = copy_run(run, output_dir, f"{name}-noise-{variant}", drop=("eval-dpo-step",))
                 if noise.manifest("eval-dpo-step") is None:  # not evaluated yet (same seed and norm: redoing it changes nothing)
                     add_matched_noise(noise.model_dir("dpo-step"), source.model_dir("rft"), seed=0)
-                run_stage("eval-dpo-step", noise.root, [f"output_dir={output_dir}", f"name={noise.root.name}", f"dpo.learning_rate={lr}"])
+                selfexplore(
+                    "stage", "eval-dpo-step", str(noise.config), f"output_dir={output_dir}", f"name={noise.root.name}", f"dpo.learning_rate={lr}", bench="dpo_diagnosis"
+                )
                 metrics = run.manifest("dpo-step")["metrics"]
                 for key, model_run in ((variant, run), (f"noise-{variant}", noise)):
                     entry = {

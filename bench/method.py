@@ -27,10 +27,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -40,9 +37,8 @@ from selfexplore.run_dir import RunDir
 from selfexplore.stats import paired_difference
 from selfexplore.tasks.arith import solved_by_right_steps
 
-from record import write_report  # bench/record.py
+from record import selfexplore, write_report  # bench/record.py
 
-REPO = Path(__file__).resolve().parents[1]
 PAIRS = {"step-rft": ("rft", "dpo-step"), "step-outcome": ("dpo-outcome", "dpo-step"), "outcome-rft": ("rft", "dpo-outcome")}
 MODELS = ("sft", "rft", "dpo-outcome", "dpo-step")
 
@@ -63,10 +59,7 @@ def run_seed(config: str, seed: int, overrides: list[str], output_dir: Path, pai
     if copy_of is not None and copy_of.is_dir() and not run_dir.root.exists():
         shutil.copytree(copy_of, run_dir.root)
     start = time.time()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "selfexplore.cli", "run", config, *args], cwd=REPO, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"bench/method.py: {name} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    selfexplore("run", config, *args, bench="method")
     print(f"{name}: {time.time() - start:.0f}s, {run_dir.root}", flush=True)
     return run_dir
 

@@ -73,7 +73,7 @@ def load(split: str, cfg: TaskConfig) -> list[dict]:
 # ------------------------------------------------------------------------------------------------- step truth
 
 _START = re.compile(r"\bhas (\d+) ")
-_EQUATION = re.compile(r"(\d+)\s*([-+*])\s*(\d+)\s*=\s*(\d+)")
+EQUATION = re.compile(r"(\d+)\s*([-+*])\s*(\d+)\s*=\s*(\d+)")
 
 
 def _phrase_pattern(template: str) -> str:
@@ -117,7 +117,7 @@ def first_wrong_step(question: str, solution: str) -> int | None:
         op, operand = ops[i - 1]
         result = APPLY[op](value, operand)
         right = {(value, op, operand, result)} | ({(operand, op, value, result)} if op != "-" else set())
-        equation = _EQUATION.fullmatch(step)
+        equation = EQUATION.fullmatch(step)
         if not equation or (int(equation[1]), equation[2], int(equation[3]), int(equation[4])) not in right:
             return i
         value = result
