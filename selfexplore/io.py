@@ -9,16 +9,23 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 from selfexplore.errors import DataError
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
+    return list(iter_jsonl(path))
+
+
+def iter_jsonl(path: str | Path) -> Iterator[dict]:
+    """The rows of a JSON Lines file, one line in memory at a time."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
-    rows = []
     with path.open(encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
@@ -29,8 +36,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
                 raise DataError(f"{path}:{line_no}: malformed JSON ({e.msg})") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-    return rows
+            yield row
 
 
 def read_json(path: str | Path):
@@ -46,12 +52,19 @@ def write_json(path: str | Path, obj) -> None:
 
 
 def atomic_write(path: str | Path, text: str) -> None:
+    with atomic_open(path) as f:
+        f.write(text)
+
+
+@contextmanager
+def atomic_open(path: str | Path) -> Iterator[TextIO]:
+    """A text file to write `path` through: it appears, whole, only when the block ends without an error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+            yield f
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

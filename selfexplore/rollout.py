@@ -34,7 +34,7 @@ import ray
 from selfexplore import console
 from selfexplore.config import EngineConfig
 from selfexplore.errors import StageError, root_cause
-from selfexplore.io import atomic_write, read_json, read_jsonl, write_json, write_jsonl
+from selfexplore.io import atomic_open, iter_jsonl, read_json, write_json, write_jsonl
 
 NODES_FILE = "nodes.json"
 """Next to the shards: the node ids of the engines that did the rows (across resumes)."""
@@ -148,8 +148,8 @@ def _seal(shard_dir: Path, rows: list[dict], key: str) -> None:
 
     Crash-safe: the final files are written first, then `SEALED_FILE` says they are the shards, then the batch
     shards go. Cut off before the marker, the batch shards are still the shards and a rerun seals again; after it,
-    a rerun only removes what is left of them. One final file's rows are in memory at a time: the rest is an index
-    of where each row lies in the batch shards.
+    a rerun only removes what is left of them. One row is in memory at a time: the rest is an index of where each
+    row lies in the batch shards.
     """
     batch_shards = sorted(shard_dir.glob("part-*.jsonl"))
     if not (shard_dir / SEALED_FILE).is_file():
@@ -165,13 +165,12 @@ def _seal(shard_dir: Path, rows: list[dict], key: str) -> None:
         if missing:  # the engines answered every batch, so a row without a result is our bug, not the user's
             raise StageError(f"{shard_dir}: {len(missing)} rows have no result after the rollout (first: {missing[0]})")
         for i in range(0, len(rows), ROWS_PER_SHARD):
-            lines = []
-            for row in rows[i : i + ROWS_PER_SHARD]:
-                shard, offset, length = where[row[key]]
-                with shard.open("rb") as f:
-                    f.seek(offset)
-                    lines.append(f.read(length).decode("utf-8"))
-            atomic_write(shard_dir / f"rows-{i // ROWS_PER_SHARD:05d}.jsonl", "".join(lines))
+            with atomic_open(shard_dir / f"rows-{i // ROWS_PER_SHARD:05d}.jsonl") as out:
+                for row in rows[i : i + ROWS_PER_SHARD]:
+                    shard, offset, length = where[row[key]]
+                    with shard.open("rb") as f:
+                        f.seek(offset)
+                        out.write(f.read(length).decode("utf-8"))
         write_json(shard_dir / SEALED_FILE, {"rows": len(rows), "rows_per_shard": ROWS_PER_SHARD})
     for shard in batch_shards:
         shard.unlink()
@@ -188,9 +187,9 @@ def shard_files(shard_dir: Path) -> list[Path]:
 
 
 def iter_results(shard_dir: Path) -> Iterator[dict]:
-    """Every result in `shard_dir`, one shard in memory at a time (input order once sealed, batch order before)."""
+    """Every result in `shard_dir`, one in memory at a time (input order once sealed, batch order before)."""
     for shard in shard_files(shard_dir):
-        yield from read_jsonl(shard)
+        yield from iter_jsonl(shard)
 
 
 def ordered_results(shard_dir: Path, rows: list[dict], key: str) -> list[dict]:

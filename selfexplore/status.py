@@ -15,6 +15,7 @@ from selfexplore.config import RunConfig
 from selfexplore.io import read_json, read_jsonl
 from selfexplore.rollout import iter_results
 from selfexplore.run_dir import MODEL_TITLES, TRAINED_MODELS, RunDir, pipeline_stages, stage_fingerprint
+from selfexplore.stages import select
 
 
 @dataclass(frozen=True)
@@ -42,10 +43,14 @@ def stage_status(run_dir: RunDir, cfg: RunConfig, name: str) -> StageStatus:
 
 
 def partial_progress(run_dir: RunDir, name: str) -> str:
-    """How far a cut-off stage got: rows in its shards (rollouts), or its last logged step (training)."""
+    """How far a cut-off stage got: rows in its shards (rollouts), sample shards paired (select), or its last logged
+    step (training)."""
     shards = run_dir.shards(name)
     if shards is not None:
         return f"{sum(1 for _ in iter_results(shards))} rows done"
+    if name == "select":
+        paired = select.paired_shards(run_dir)
+        return f"{paired} sample shard{'s' * (paired != 1)} paired"
     if name in TRAINED_MODELS and (metrics := run_dir.train_logs(name).metrics).is_file():
         logged = read_jsonl(metrics)
         return f"trained to step {logged[-1]['step']} (last logged)" if logged else ""

@@ -10,10 +10,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import ray
 
 from selfexplore.run_dir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """A local Ray with 2 CPUs and one thread per worker for the module's tests (unless one is running already)."""
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+        ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    if started:
+        ray.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ from selfexplore.config import dump_yaml, load_config
 from selfexplore.io import atomic_write, write_json, write_jsonl
 from selfexplore.report import pass_at_k, write_report
 from selfexplore.run_dir import SAMPLES, STEP_VALUES, TRAINED_MODELS, RunDir, stage_fingerprint
+from selfexplore.stages import select
 from selfexplore.status import stage_status
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,17 +116,20 @@ def test_status_tells_done_stale_partial_and_not_started(tmp_path, capsys):
     write_json(run_dir.started_path("sample"), {"fingerprint": stage_fingerprint(cfg, "sample"), "started_at": "now"})
     write_jsonl(run_dir.shards("sample") / "part-00000.jsonl", [{"id": "a"}, {"id": "b"}])
     write_jsonl(run_dir.shards("sample") / "part-00001.jsonl", [{"id": "c"}])
+    write_json(run_dir.started_path("select"), {"fingerprint": stage_fingerprint(cfg, "select"), "started_at": "now"})
+    write_json(select.part_files(select.parts_dir(run_dir), 0)[2], {"rft_rows": 1, "outcome_pairs": 1, "problems_with_pairs": 1})
     write_json(run_dir.started_path("rft"), {"fingerprint": "another config", "started_at": "then"})
     write_json(run_dir.started_path("dpo-step"), {"fingerprint": stage_fingerprint(cfg, "dpo-step"), "started_at": "now"})
     write_jsonl(run_dir.train_logs("dpo-step").metrics, [{"step": 10, "loss": 0.6}, {"step": 20, "loss": 0.5}])
     evaluate(run_dir, cfg, "sft", 10)
 
-    states = {name: stage_status(run_dir, cfg, name) for name in ("base", "sft", "sample", "rft", "dpo-step", "explore", "eval-sft")}
+    states = {name: stage_status(run_dir, cfg, name) for name in ("base", "sft", "sample", "select", "rft", "dpo-step", "explore", "eval-sft")}
     assert {name: s.state for name, s in states.items()} == {
-        "base": "done", "sft": "stale", "sample": "partial", "rft": "stale", "dpo-step": "partial", "explore": "not started", "eval-sft": "done"
+        "base": "done", "sft": "stale", "sample": "partial", "select": "partial", "rft": "stale", "dpo-step": "partial",
+        "explore": "not started", "eval-sft": "done"
     }
     assert states["base"].figure == "tiny model, 0.87M parameters" and states["base"].wall_s == 12.0
-    assert states["sample"].figure == "3 rows done"
+    assert states["sample"].figure == "3 rows done" and states["select"].figure == "1 sample shard paired"
     assert states["dpo-step"].figure == "trained to step 20 (last logged)"
 
     assert cli_main(["status", str(run_dir.root)]) == 0

@@ -8,7 +8,6 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
-import ray
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -21,16 +20,6 @@ from selfexplore.tasks import format_prompt, get_task
 from selfexplore.train import train_dpo, train_sft
 from selfexplore.train.data import IGNORE_INDEX, gets_eos, tokenize_dpo, tokenize_sft
 from selfexplore.train.metrics_log import MetricsLog
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False)
-    yield
-    if started:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

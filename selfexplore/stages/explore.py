@@ -252,7 +252,7 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     items = rejected_items(read_jsonl(run_dir.path(OUTCOME_PAIRS)), answers, cfg.explore.max_rejected)
     worker_kwargs = dict(model_dir=run_dir.model_dir("rft"), engine_cfg=cfg.engine, task_name=cfg.task.name, explore_cfg=cfg.explore)
     run_rollout(items, ExploreWorker, worker_kwargs, cfg.engine, run_dir.path(PROBES), key="key", what="rejected solutions explored")
-    # One shard of probes in memory at a time; each solution kept as its summary, in item order.
+    # One explored solution in memory at a time, kept as its summary, in item order.
     index = {item["key"]: i for i, item in enumerate(items)}
     summaries: list[dict] = [{}] * len(items)
     for result in iter_results(run_dir.path(PROBES)):

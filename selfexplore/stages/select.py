@@ -1,8 +1,9 @@
-"""`select`: the RFT set and the outcome pairs, chosen from the samples (seconds; never samples again).
+"""`select`: the RFT set and the outcome pairs, chosen from the samples (CPU only; never samples again).
 
 Writes `select/rft.jsonl` ({id, prompt, completion}: distinct correct samples, at most `max_rft_per_problem` per
 problem) and `select/pairs.jsonl` (outcome pairs D_pair {prompt, chosen, rejected, rejected_token_ids, id,
-kind: "outcome", pit_step: null}), both in problem order.
+kind: "outcome", pit_step: null}), both in problem order, joined from per-shard parts (`select/parts/`) that Ray
+tasks write in parallel; the driver copies them through a buffer.
 
 Unlike the original code, selection is deterministic (sample order, never `set` order) and rejected solutions
 are only complete ones with an answer: truncated or answer-less samples are junk negatives, not mistakes.
@@ -11,12 +12,17 @@ are only complete ones with an answer: truncated or answer-less samples are junk
 from __future__ import annotations
 
 import difflib
+import shutil
+from pathlib import Path
 
+import ray
+
+from selfexplore import console
 from selfexplore.config import RunConfig
-from selfexplore.io import write_jsonl
-from selfexplore.rollout import iter_results
+from selfexplore.errors import StageError, root_cause
+from selfexplore.io import atomic_open, iter_jsonl, read_json, write_json, write_jsonl
+from selfexplore.rollout import SEALED_FILE, shard_files
 from selfexplore.run_dir import OUTCOME_PAIRS, RFT_SET, SAMPLES, RunDir
-from selfexplore.tasks import get_task
 
 
 def build_rft_set(samples: list[dict], max_per_problem: int) -> list[dict]:
@@ -57,15 +63,69 @@ def build_outcome_pairs(samples: list[dict], rft_rows: list[dict]) -> list[dict]
     return pairs
 
 
+def part_files(parts: Path, shard_idx: int) -> tuple[Path, Path, Path]:
+    """Where the RFT rows, the outcome pairs and the counts of sample shard `shard_idx` go; the counts are written
+    last, so that their file says the part is whole."""
+    return parts / f"rft-{shard_idx:05d}.jsonl", parts / f"pairs-{shard_idx:05d}.jsonl", parts / f"counts-{shard_idx:05d}.json"
+
+
+def parts_dir(run_dir: RunDir) -> Path:
+    """Where the tasks write their parts: absolute, since they may run on other nodes, in other directories."""
+    return run_dir.stage_dir("select").resolve() / "parts"
+
+
+def paired_shards(run_dir: RunDir) -> int:
+    """How many sample shards have a whole part (what a cut-off stage keeps)."""
+    return len(list(parts_dir(run_dir).glob("counts-*.json")))
+
+
+@ray.remote(num_cpus=1)
+def pair_shard(shard: Path, max_per_problem: int, parts: Path, shard_idx: int) -> None:
+    """The RFT rows and outcome pairs of one sample shard's problems, one problem's samples in memory at a time."""
+    rft_rows, pairs = [], []
+    for result in iter_jsonl(shard):
+        problem_rft = build_rft_set(result["samples"], max_per_problem)
+        rft_rows += problem_rft
+        pairs += build_outcome_pairs(result["samples"], problem_rft)
+    rft_file, pairs_file, counts_file = part_files(parts, shard_idx)
+    write_jsonl(rft_file, rft_rows)
+    write_jsonl(pairs_file, pairs)
+    write_json(counts_file, {"rft_rows": len(rft_rows), "outcome_pairs": len(pairs), "problems_with_pairs": len({p["id"] for p in pairs})})
+
+
 def run(cfg: RunConfig, run_dir: RunDir) -> dict:
-    # Shards come back in completion order; the selections are written in problem order.
-    order = {p["id"]: i for i, p in enumerate(get_task(cfg.task.name).load("train", cfg.task))}
-    per_problem = {}
-    for result in iter_results(run_dir.path(SAMPLES)):
-        problem_rft = build_rft_set(result["samples"], cfg.select.max_rft_per_problem)
-        per_problem[order[result["id"]]] = (problem_rft, build_outcome_pairs(result["samples"], problem_rft))
-    rft_rows = [row for i in sorted(per_problem) for row in per_problem[i][0]]
-    pairs = [pair for i in sorted(per_problem) for pair in per_problem[i][1]]
-    write_jsonl(run_dir.path(RFT_SET), rft_rows)
-    write_jsonl(run_dir.path(OUTCOME_PAIRS), pairs)
-    return {"rft_rows": len(rft_rows), "outcome_pairs": len(pairs), "problems_with_pairs": len({p["id"] for p in pairs})}
+    # Pairing compares each chosen solution with every wrong one of its problem: about a second per problem at
+    # MATH length, hours for a paper-scale sample set on one core. So one Ray task per sample shard, over the
+    # cluster's CPUs; a finished part is kept when a cut-off stage reruns. The shards are sealed, i.e. in problem
+    # order, and so the parts joined in shard order are too.
+    samples = run_dir.path(SAMPLES).resolve()  # absolute, as `parts_dir`
+    if not (samples / SEALED_FILE).is_file():
+        raise StageError(
+            f"{samples}: the samples are not in problem order (a run from before sample shards were sealed); remove "
+            f"{run_dir.manifest_path('sample')} and run `selfexplore stage sample {run_dir.config}`: it finds every "
+            "sample done and lays the shards out without sampling again"
+        )
+    shards = shard_files(samples)
+    parts = parts_dir(run_dir)
+    todo = [i for i in range(len(shards)) if not part_files(parts, i)[2].is_file()]
+    if len(todo) < len(shards):
+        console.say(f"  resuming: {len(shards) - len(todo)}/{len(shards)} sample shards already paired in {parts}")
+    pending = [pair_shard.remote(shards[i], cfg.select.max_rft_per_problem, parts, i) for i in todo]
+    with console.Progress("sample shards paired", total=len(shards), done=len(shards) - len(todo), unit="shard") as progress:
+        try:
+            while pending:
+                ready, pending = ray.wait(pending)
+                ray.get(ready)
+                progress.update(len(shards) - len(pending))
+        except Exception as e:  # noqa: BLE001 - a task's error arrives wrapped in Ray's, traceback and all
+            raise StageError(
+                f"select: pairing a sample shard failed ({root_cause(e)}); the shards paired so far are kept in {parts} "
+                "and a rerun does only the others"
+            ) from e
+    for final, column in ((RFT_SET, 0), (OUTCOME_PAIRS, 1)):
+        with atomic_open(run_dir.path(final)) as out:
+            for i in range(len(shards)):
+                with part_files(parts, i)[column].open(encoding="utf-8") as part:
+                    shutil.copyfileobj(part, out)
+    counts = [read_json(part_files(parts, i)[2]) for i in range(len(shards))]
+    return {key: sum(c[key] for c in counts) for key in ("rft_rows", "outcome_pairs", "problems_with_pairs")}
