@@ -120,7 +120,7 @@ def draw_figures(run_dir: RunDir, cfg: RunConfig) -> list[tuple[str, Path]]:
 
 
 def sample_counts(run_dir: RunDir) -> list[tuple[int, int]]:
-    """(samples, correct samples) of every sampled problem, one shard in memory at a time."""
+    """(samples, correct samples) of every sampled problem, one problem in memory at a time."""
     return [(len(r["samples"]), sum(s["correct"] for s in r["samples"])) for r in iter_results(run_dir.path(SAMPLES))]
 
 
