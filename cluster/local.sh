@@ -16,17 +16,26 @@ RAY=${RAY:-ray}
 PYTHON=${PYTHON:-python3}
 STATE=${SELFEXPLORE_CLUSTER_DIR:-/tmp/selfexplore-cluster}
 
-free_port() { "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# N distinct free ports, chosen at once: chosen one call at a time they can repeat (a port is free again when the
+# call that found it exits, and the node meant to take it may not have started yet), and a node given one port for
+# two of its components does not start.
+free_ports() {
+  "$PYTHON" -c '
+import socket, sys
+sockets = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in sockets:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in sockets))' "$1"
+}
 
 # `ray start --block` runs in the foreground and stops its node's processes on SIGTERM: start each in its own
 # session, so `down` can stop exactly those process groups.
 # Every node's agents get their own ports: with Ray's defaults the nodes of one machine would contend for the same
 # ones, and a node whose agent lost leaves the cluster without a job agent ("No available agent to submit job").
-start_node() {
+start_node() {  # LOG AGENT_PORT AGENT_GRPC_PORT RUNTIME_ENV_AGENT_PORT METRICS_PORT [ray start options]
   local log=$1; shift
-  setsid "$RAY" start --block --disable-usage-stats --dashboard-agent-listen-port="$(free_port)" \
-    --dashboard-agent-grpc-port="$(free_port)" --runtime-env-agent-port="$(free_port)" \
-    --metrics-export-port="$(free_port)" "$@" >"$log" 2>&1 &
+  setsid "$RAY" start --block --disable-usage-stats --dashboard-agent-listen-port="$1" \
+    --dashboard-agent-grpc-port="$2" --runtime-env-agent-port="$3" --metrics-export-port="$4" "${@:5}" >"$log" 2>&1 &
   echo $! >>"$STATE/pids"
 }
 
@@ -46,18 +55,24 @@ up() {
   fi
   mkdir -p "$STATE"
   : >"$STATE/pids"
-  local gcs_port dashboard_port
-  gcs_port=$(free_port)
-  dashboard_port=$(free_port)
+  local ports gcs_port dashboard_port
+  read -r -a ports <<<"$(free_ports $((2 + 4 * nodes)))"  # the head's two, then four per node
+  gcs_port=${ports[0]}
+  dashboard_port=${ports[1]}
   # One thread per worker process (2-core machines), and no token auth on a loopback-only cluster.
   export OMP_NUM_THREADS=1 RAY_AUTH_MODE=disabled
-  start_node "$STATE/node-1.log" --head --port="$gcs_port" --num-cpus="$cpus" --dashboard-host=127.0.0.1 \
+  start_node "$STATE/node-1.log" "${ports[@]:2:4}" --head --port="$gcs_port" --num-cpus="$cpus" --dashboard-host=127.0.0.1 \
     --dashboard-port="$dashboard_port" --include-dashboard=true --temp-dir="$STATE/ray"
   for i in $(seq 2 "$nodes"); do
-    start_node "$STATE/node-$i.log" --address="127.0.0.1:$gcs_port" --num-cpus="$cpus"
+    start_node "$STATE/node-$i.log" "${ports[@]:$((4 * i - 2)):4}" --address="127.0.0.1:$gcs_port" --num-cpus="$cpus"
   done
   local deadline=$((SECONDS + 120))
   until [[ $(alive_nodes "127.0.0.1:$gcs_port") -ge $nodes ]]; do
+    if ! kill -0 "$(head -n 1 "$STATE/pids")" 2>/dev/null; then  # else each check waits on a GCS that is not there
+      echo "local.sh: the head node exited; its log: $STATE/node-1.log" >&2
+      down
+      exit 1
+    fi
     if ((SECONDS > deadline)); then
       echo "local.sh: the cluster did not come up in 120 s; logs in $STATE/node-*.log" >&2
       down
