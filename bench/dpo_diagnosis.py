@@ -50,7 +50,7 @@ def truth_pairs(run_dir: RunDir, cfg: RunConfig) -> list[dict]:
     steps before the first wrong one, rejected = that step, chosen = the gold solution from that step on."""
     problems = {p["id"]: p for p in get_task("arith").load("train", cfg.task)}
     outcome = read_jsonl(run_dir.path(OUTCOME_PAIRS))
-    items = rejected_items(outcome, {i: p["answer"] for i, p in problems.items()}, cfg.explore.max_rejected)
+    items = list(rejected_items(outcome, {i: p["answer"] for i, p in problems.items()}, cfg.explore.max_rejected))
     pairs, seen = [], set()
     for item, pair in zip(items, outcome):  # one item per outcome pair, in order
         text = pair["rejected"]

@@ -72,7 +72,7 @@ def main() -> None:
         raise SystemExit(f"bench/explore.py: {args.run} is a `{cfg.task.name}` run; only arith steps can be checked")
     problems = get_task("arith").load("train", cfg.task)
     questions = {p["id"]: p["question"] for p in problems}
-    items = rejected_items(read_jsonl(run_dir.path(OUTCOME_PAIRS)), {p["id"]: p["answer"] for p in problems}, args.max_rejected)
+    items = list(rejected_items(read_jsonl(run_dir.path(OUTCOME_PAIRS)), {p["id"]: p["answer"] for p in problems}, args.max_rejected))
     engine = load_engine(run_dir.model_dir("rft"), EngineConfig(backend="hf", dtype="float32"))
     task = get_task("arith")
     truth = [first_wrong_step(questions[item["id"]], engine.tokenizer.decode(item["rejected_token_ids"], skip_special_tokens=True)) for item in items]

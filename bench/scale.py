@@ -3,6 +3,7 @@ their engines are done, timed and with its peak memory, on synthetic rollouts th
 
     python bench/scale.py                      # 7,123 MATH training problems x 100 samples (the paper's scale)
     python bench/scale.py --problems 1024      # a slice
+    python bench/scale.py --explore-only       # again, explore alone, on the samples and pairs of the last run
 
 The engines are not part of this: the rollouts' shard files are written as a finished rollout's driver writes
 them (one `part-*.jsonl` per batch of `engine.rows_per_batch` rows; here in input order, a real driver's in
@@ -21,7 +22,6 @@ what it made; for `select`, also the largest peak of its Ray worker processes (`
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import random
 import shutil
@@ -33,7 +33,8 @@ import psutil
 import ray
 
 from selfexplore.config import load_config
-from selfexplore.io import read_jsonl, write_jsonl
+from selfexplore.io import iter_jsonl, write_jsonl
+from selfexplore.rollout import write_inputs
 from selfexplore.run_dir import OUTCOME_PAIRS, PROBES, SAMPLES, RunDir
 from selfexplore.stages import explore, sample, select
 from selfexplore.tasks import get_task
@@ -77,9 +78,10 @@ def write_samples(cfg, run_dir: RunDir, problems: list[dict]) -> dict:
 
 def write_probes(cfg, run_dir: RunDir, problems: list[dict]) -> dict:
     """The explore rollout's batch shards: every rejected solution explored up to a first pit."""
+    shutil.rmtree(run_dir.path(PROBES).parent, ignore_errors=True)  # an earlier measurement's
     rng, k, batch = random.Random(1), cfg.explore.k, cfg.engine.rows_per_batch
     answers = {p["id"]: p["answer"] for p in problems}
-    items = explore.rejected_items(read_jsonl(run_dir.path(OUTCOME_PAIRS)), answers, cfg.explore.max_rejected)
+    items = list(explore.rejected_items(iter_jsonl(run_dir.path(OUTCOME_PAIRS)), answers, cfg.explore.max_rejected))
     words = {p["id"]: p["solution"].split(" ") for p in problems}
     for start in range(0, len(items), batch):
         results = []
@@ -97,10 +99,7 @@ def write_probes(cfg, run_dir: RunDir, problems: list[dict]) -> dict:
             results.append({"key": item["key"], "id": item["id"], "rejected_idx": item["rejected_idx"], "steps": steps,
                             "cuts": list(range(1, len(steps) + 1)), "probes": probes, "pit": pit})
         write_jsonl(run_dir.path(PROBES) / f"part-{start // batch:05d}.jsonl", results)
-    # A real explore also hands its items to Ray Data once, as JSON (not measured in the stage below: it finds
-    # every item done and never builds that input).
-    items_json = sum(len(json.dumps(item)) for item in items)
-    return {"rejected": len(items), "bytes": sum(f.stat().st_size for f in run_dir.path(PROBES).iterdir()), "items_json_mib": items_json / 2**20}
+    return {"rejected": len(items), "bytes": sum(f.stat().st_size for f in run_dir.path(PROBES).iterdir())}
 
 
 def peak_mib(pid: int | str = "self") -> float:
@@ -121,8 +120,17 @@ def measure_stage(name: str, cfg_path: str, overrides: list[str], cpus: int) -> 
     if name == "select":
         ray.init(address="local", num_cpus=cpus, include_dashboard=False, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     start = time.time()
+    if name == "explore":  # a first run writes every rejected solution to the engines' input files
+        answers = {p["id"]: p["answer"] for p in get_task(cfg.task.name).load("train", cfg.task)}
+        items = explore.rejected_items(iter_jsonl(run_dir.path(OUTCOME_PAIRS)), answers, cfg.explore.max_rejected)
+        inputs_dir = run_dir.path(PROBES).parent / "inputs-measured"
+        _, written = write_inputs(items, set(), "key", inputs_dir, cfg.engine.rows_per_batch)
+        inputs = {"rows": written, "bytes": sum(f.stat().st_size for f in inputs_dir.iterdir()), "wall_s": time.time() - start}
+        shutil.rmtree(inputs_dir)
     metrics = {"sample": sample.run, "select": select.run, "explore": explore.run}[name](cfg, run_dir)
     result = {"wall_s": time.time() - start, "driver_rss_before_mib": before, "driver_peak_rss_mib": peak_mib(), "metrics": metrics}
+    if name == "explore":
+        result["input_files"] = inputs
     if name == "select":  # the tasks ran in Ray workers: processes under this one's raylet, named `ray::...`
         workers = [p for p in psutil.Process().children(recursive=True) if p.cmdline()[:1] and p.cmdline()[0].startswith("ray::")]
         result["ray_worker_peak_rss_mib"] = max(peak_mib(p.pid) for p in workers)
@@ -146,19 +154,23 @@ def main() -> None:
     parser.add_argument("--cpus", type=int, default=2, help="local CPUs for select's Ray tasks")
     parser.add_argument("--output-dir", default="runs/scale", help="where the synthetic run goes (replaced)")
     parser.add_argument("--out", default="", help="result file (default bench/results/scale-<problems>.json)")
+    parser.add_argument("--explore-only", action="store_true", help="measure explore alone, reusing the samples and pairs in --output-dir")
     args = parser.parse_args()
 
     overrides = [f"output_dir={args.output_dir}", "name=paper-scale", f"sample.max_problems={args.problems}"]
     cfg = load_config(args.config, overrides)
     run_dir = RunDir.of(cfg)
-    shutil.rmtree(run_dir.root, ignore_errors=True)
     problems = get_task(cfg.task.name).load("train", cfg.task)[: args.problems or None]
     report = {"config": args.config, "problems": len(problems), "n": cfg.sample.n, "cpus_for_select": args.cpus, "stages": {}}
-    start = time.time()
-    report["samples_written"] = write_samples(cfg, run_dir, problems)
-    print(f"wrote {report['samples_written']} in {time.time() - start:.0f} s", flush=True)
-    for name in ("sample", "select"):
-        report["stages"][name] = time_stage(name, args.config, overrides, args.cpus)
+    if args.explore_only and not run_dir.path(OUTCOME_PAIRS).is_file():
+        raise SystemExit(f"--explore-only: no {run_dir.path(OUTCOME_PAIRS)}; run `python bench/scale.py` with the same --problems first")
+    if not args.explore_only:
+        shutil.rmtree(run_dir.root, ignore_errors=True)
+        start = time.time()
+        report["samples_written"] = write_samples(cfg, run_dir, problems)
+        print(f"wrote {report['samples_written']} in {time.time() - start:.0f} s", flush=True)
+        for name in ("sample", "select"):
+            report["stages"][name] = time_stage(name, args.config, overrides, args.cpus)
     report["probes_written"] = write_probes(cfg, run_dir, problems)
     report["stages"]["explore"] = time_stage("explore", args.config, overrides, args.cpus)
     write_report(report, f"scale-{len(problems)}", args.out)

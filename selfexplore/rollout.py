@@ -5,6 +5,10 @@
     run_rollout(rows, SampleWorker, dict(...), cfg.engine, shard_dir, key="id", what="problems")
     for result in iter_results(shard_dir): ...
 
+The rows go in as an iterable, read once: the driver writes those not yet done to input files, one per batch
+(`inputs/`), and Ray Data reads them on the workers (`read_text`), so the driver never holds the rows (the
+rejected solutions `explore` takes in are hundreds of MB at paper scale); it keeps their keys.
+
 Ray Data shards the rows over `engine.num_engines` actors (`map_batches` with an actor pool; on a cluster the
 actors spread over nodes, each with `engine.num_gpus` GPUs, or a placement group of `tensor_parallel_size` GPUs
 for a vLLM engine that spans several). A vLLM actor works on `engine.vllm.batches_in_flight` batches at once
@@ -18,7 +22,7 @@ Batch shards hold whatever rows a batch happened to get, so when every row is do
 its final layout: the rows in input order, `ROWS_PER_SHARD` to a file (`rows-*.jsonl`). The files are then the same,
 byte for byte, whatever the engine count, the batch size, or where a run was cut off and resumed.
 
-Rows cross Ray Data as JSON strings: the records are nested and ragged (lists of samples, of probes), which Arrow
+Rows cross Ray Data as JSON strings (a line of an input file, a result): the records are nested and ragged (lists of samples, of probes), which Arrow
 schema inference handles poorly, and the workers only ever need whole records.
 """
 
@@ -26,7 +30,8 @@ from __future__ import annotations
 
 import abc
 import json
-from collections.abc import Iterator
+import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import ray
@@ -38,6 +43,8 @@ from selfexplore.io import atomic_open, iter_jsonl, read_json, write_json, write
 
 NODES_FILE = "nodes.json"
 """Next to the shards: the node ids of the engines that did the rows (across resumes)."""
+INPUTS_DIR = "inputs"
+"""Next to the shards while a rollout runs: the rows not yet done, one file per batch, for Ray Data to read."""
 SEALED_FILE = "sealed.json"
 """Next to the shards once every row is done and they are in their final layout."""
 ROWS_PER_SHARD = 256
@@ -68,7 +75,7 @@ class EngineWorker(abc.ABC):
         self.settings = settings
 
     def __call__(self, batch: dict) -> dict:
-        rows = [json.loads(text) for text in batch["row"]]
+        rows = [json.loads(text) for text in batch["text"]]
         results = [json.dumps(result) for result in self.process(rows)]
         # Where the batch ran, for the stage's manifest; kept out of the results, which must not depend on it.
         return {"result": results, "node": [ray.get_runtime_context().get_node_id()] * len(results)}
@@ -79,7 +86,7 @@ class EngineWorker(abc.ABC):
 
 
 def run_rollout(
-    rows: list[dict],
+    rows: Iterable[dict],
     worker_cls: type[EngineWorker],
     worker_kwargs: dict,
     engine_cfg: EngineConfig,
@@ -90,13 +97,41 @@ def run_rollout(
     """Process every row of `rows` not yet in a shard of `shard_dir` with `worker_cls` actors."""
     shard_dir.mkdir(parents=True, exist_ok=True)
     done = {result[key] for result in iter_results(shard_dir)}
-    todo = [row for row in rows if row[key] not in done]
+    keys, n_todo = write_inputs(rows, done, key, shard_dir / INPUTS_DIR, engine_cfg.rows_per_batch)
     if done:
-        console.say(f"  resuming: {len(rows) - len(todo)}/{len(rows)} {what} already done in {shard_dir}")
-    if not todo:
-        _seal(shard_dir, rows, key)  # a run cut off after its last batch, or while it sealed
-        return
-    progress = console.Progress(what, total=len(rows), done=len(rows) - len(todo))
+        console.say(f"  resuming: {len(keys) - n_todo}/{len(keys)} {what} already done in {shard_dir}")
+    if n_todo:
+        _generate(worker_cls, worker_kwargs, engine_cfg, shard_dir, key, what, done, len(keys))
+    _seal(shard_dir, keys, key)  # also for a run cut off after its last batch, or while it sealed
+
+
+def write_inputs(rows: Iterable[dict], done: set[str], key: str, inputs_dir: Path, rows_per_batch: int) -> tuple[list[str], int]:
+    """Write the rows not in `done` to `inputs_dir`, `rows_per_batch` to a file; the keys of all rows, in order,
+    and the number written. One row is in memory at a time."""
+    shutil.rmtree(inputs_dir, ignore_errors=True)  # a cut-off run's inputs: written again from `done`
+    inputs_dir.mkdir(parents=True)
+    keys, n_todo, out = [], 0, None
+    try:
+        for row in rows:
+            keys.append(row[key])
+            if row[key] in done:
+                continue
+            if n_todo % rows_per_batch == 0:
+                if out:
+                    out.close()
+                out = (inputs_dir / f"batch-{n_todo // rows_per_batch:05d}.jsonl").open("w", encoding="utf-8")
+            # ASCII JSON: Ray's text reader splits lines at U+2028 and its relatives too, which JSON may hold raw.
+            out.write(json.dumps(row, ensure_ascii=True) + "\n")
+            n_todo += 1
+    finally:
+        if out:
+            out.close()
+    return keys, n_todo
+
+
+def _generate(worker_cls, worker_kwargs: dict, engine_cfg: EngineConfig, shard_dir: Path, key: str, what: str, done: set[str], total: int) -> None:
+    """Run the rows of `shard_dir`'s input files through the engine actors, writing each finished batch to a shard."""
+    progress = console.Progress(what, total=total, done=len(done))
     placement_groups: list = []  # one per tensor-parallel GPU engine; their GPUs go back when the rollout ends
     # A vLLM engine is thread-safe: with several `__call__`s at once on an actor (threads), their requests share the
     # engine's running batch and it never drains between batches. `hf` runs one batch at a time.
@@ -104,7 +139,10 @@ def run_rollout(
     # Every engine is up before the first batch goes out: else the first engine ready may take a small stage's every
     # batch, and an engine the cluster cannot place is a clear error, not a stage that silently runs on fewer.
     ray.data.DataContext.get_current().wait_for_min_actors_s = ENGINES_READY_TIMEOUT_S
-    dataset = ray.data.from_items([{"row": json.dumps(row)} for row in todo])
+    inputs = sorted(str(path) for path in (shard_dir / INPUTS_DIR).iterdir())
+    # One read task per input file, so one block per batch: Ray Data hands each batch to an engine of its own.
+    # Reads take no CPU: engines may hold every CPU, and a read waiting for one would wait forever.
+    dataset = ray.data.read_text(inputs, override_num_blocks=len(inputs), num_cpus=0)
     dataset = dataset.map_batches(
         worker_cls,
         fn_constructor_kwargs=worker_kwargs,
@@ -132,7 +170,7 @@ def run_rollout(
             progress.update(len(done))
     except Exception as e:  # noqa: BLE001 - Ray wraps the engine's error; the user needs its last line and a way out
         raise StageError(
-            f"{what}: the `{engine_cfg.backend}` engine failed ({root_cause(e)}); {len(done)}/{len(rows)} rows are "
+            f"{what}: the `{engine_cfg.backend}` engine failed ({root_cause(e)}); {len(done)}/{total} rows are "
             f"saved in {shard_dir} and a rerun resumes there. Out of memory? Lower engine.rows_per_batch"
             + (", engine.vllm.max_num_seqs or engine.vllm.gpu_memory_utilization" if engine_cfg.backend == "vllm" else "")
         ) from e
@@ -140,14 +178,13 @@ def run_rollout(
         progress.close()
         for group in placement_groups:
             ray.util.remove_placement_group(group)
-    _seal(shard_dir, rows, key)
 
 
-def _seal(shard_dir: Path, rows: list[dict], key: str) -> None:
-    """Rewrite the batch shards of a finished rollout into its final layout (`rows-*.jsonl`, in the order of `rows`).
+def _seal(shard_dir: Path, keys: list[str], key: str) -> None:
+    """Rewrite the batch shards of a finished rollout into its final layout (`rows-*.jsonl`, in the order of `keys`).
 
     Crash-safe: the final files are written first, then `SEALED_FILE` says they are the shards, then the batch
-    shards go. Cut off before the marker, the batch shards are still the shards and a rerun seals again; after it,
+    shards and the input files go. Cut off before the marker, the batch shards are still the shards and a rerun seals again; after it,
     a rerun only removes what is left of them. One row is in memory at a time: the rest is an index of where each
     row lies in the batch shards.
     """
@@ -161,19 +198,20 @@ def _seal(shard_dir: Path, rows: list[dict], key: str) -> None:
                     if line.strip():
                         where[json.loads(line)[key]] = (shard, offset, len(line))
                     offset += len(line)
-        missing = [row[key] for row in rows if row[key] not in where]
+        missing = [k for k in keys if k not in where]
         if missing:  # the engines answered every batch, so a row without a result is our bug, not the user's
             raise StageError(f"{shard_dir}: {len(missing)} rows have no result after the rollout (first: {missing[0]})")
-        for i in range(0, len(rows), ROWS_PER_SHARD):
+        for i in range(0, len(keys), ROWS_PER_SHARD):
             with atomic_open(shard_dir / f"rows-{i // ROWS_PER_SHARD:05d}.jsonl") as out:
-                for row in rows[i : i + ROWS_PER_SHARD]:
-                    shard, offset, length = where[row[key]]
+                for k in keys[i : i + ROWS_PER_SHARD]:
+                    shard, offset, length = where[k]
                     with shard.open("rb") as f:
                         f.seek(offset)
                         out.write(f.read(length).decode("utf-8"))
-        write_json(shard_dir / SEALED_FILE, {"rows": len(rows), "rows_per_shard": ROWS_PER_SHARD})
+        write_json(shard_dir / SEALED_FILE, {"rows": len(keys), "rows_per_shard": ROWS_PER_SHARD})
     for shard in batch_shards:
         shard.unlink()
+    shutil.rmtree(shard_dir / INPUTS_DIR, ignore_errors=True)
 
 
 def rollout_nodes(shard_dir: Path) -> list[str]:

@@ -13,12 +13,12 @@ from selfexplore.models import build_char_tokenizer
 from selfexplore.stages.dpo import next_step_pairs
 from selfexplore.stages.explore import (
     PitSearch,
-    build_step_pairs,
+    StepPairs,
     explore_rejected,
     pit_summary,
     rejected_items,
     step_cuts,
-    step_values,
+    step_value_rows,
 )
 from selfexplore.tasks import get_task
 
@@ -65,6 +65,13 @@ class ScriptedEngine:
         return [rest + "\nThe answer is 6", rest] + ["The answer is 9"] * (n - 2)
 
 
+def build_step_pairs(items: list[dict], results: list[dict]) -> tuple[list[dict], dict]:
+    """The step pairs of explored solutions, made as `explore` makes them, and the counts of those dropped."""
+    builder = StepPairs()
+    pairs = [pair for item, result in zip(items, results) if (pair := builder.add(item, pit_summary(result)))]
+    return pairs, builder.dropped
+
+
 def item(key="p0/0", rejected=REJECTED, chosen=CHOSEN):
     token_ids = ScriptedEngine.tokenizer(rejected, add_special_tokens=False).input_ids
     return {"key": key, "id": key.split("/")[0], "rejected_idx": 0, "prompt": PROMPT, "chosen": chosen, "rejected_token_ids": token_ids, "answer": GOLD}
@@ -81,7 +88,7 @@ def test_first_pit_is_the_first_wrong_step(strategy):
     if strategy == "linear":
         assert sorted(values) == [1, 2]  # stops at the pit: steps 3 and 4 are never probed
 
-    pairs, dropped = build_step_pairs([item()], [pit_summary(result)])
+    pairs, dropped = build_step_pairs([item()], [result])
     assert dropped == {"no_pit": 0, "no_chosen": 0, "duplicate": 0, "empty_step": 0}
     (pair,) = pairs
     assert pair["prompt"] == PROMPT + "1 + 2 = 3\n"
@@ -159,7 +166,7 @@ def test_pit_at_first_step_uses_the_outcome_chosen():
     engine = ScriptedEngine(pit_marker="1 + 2 = 4")
     (result,) = explore_rejected([item(rejected=rejected)], engine, TASK, ExploreConfig(k=4))
     assert result["pit"] == 1
-    (pair,), _ = build_step_pairs([item(rejected=rejected)], [pit_summary(result)])
+    (pair,), _ = build_step_pairs([item(rejected=rejected)], [result])
     assert pair == {"prompt": PROMPT, "chosen": CHOSEN, "rejected": "1 + 2 = 4\n", "id": "p0", "kind": "step", "pit_step": 1}
 
 
@@ -169,7 +176,7 @@ def test_a_wrong_answer_line_after_right_steps_is_the_pit_without_a_probe(strate
     (result,) = explore_rejected([item()], engine, TASK, ExploreConfig(k=4, strategy=strategy))
     assert result["pit"] == 4  # the whole solution is wrong: its last step is the pit
     assert [p["step"] for p in result["probes"]] == ([1, 2, 3] if strategy == "linear" else [2, 3])
-    (pair,), _ = build_step_pairs([item()], [pit_summary(result)])
+    (pair,), _ = build_step_pairs([item()], [result])
     assert pair["rejected"] == "The answer is 7" and pair["chosen"] == "The answer is 6"
 
 
@@ -236,7 +243,7 @@ def test_step_pairs_never_reuse_a_chosen_or_repeat_a_pair_within_a_problem():
     engine = ScriptedEngine()
     items = [item(key="p0/0"), {**item(key="p0/1"), "rejected_idx": 1}]
     results = explore_rejected(items, engine, TASK, ExploreConfig(k=4))
-    pairs, dropped = build_step_pairs(items, [pit_summary(r) for r in results])
+    pairs, dropped = build_step_pairs(items, results)
     assert len(pairs) == 1 and dropped["duplicate"] + dropped["no_chosen"] == 1
 
 
@@ -256,11 +263,11 @@ def test_next_step_pairs_keep_one_step_on_each_side_and_drop_pairs_of_the_same_s
 def test_rejected_items_and_step_values():
     ids = item()["rejected_token_ids"]
     pairs = [{"id": "a", "prompt": PROMPT, "chosen": CHOSEN, "rejected_token_ids": ids}] * 2 + [{"id": "b", "prompt": PROMPT, "chosen": CHOSEN, "rejected_token_ids": ids}]
-    items = rejected_items(pairs, {"a": "6", "b": "6"})
+    items = list(rejected_items(pairs, {"a": "6", "b": "6"}))
     assert [i["key"] for i in items] == ["a/0", "a/1", "b/0"]
-    assert len(rejected_items(pairs, {"a": "6", "b": "6"}, limit=2)) == 2
-    results = explore_rejected(items[:1], ScriptedEngine(), TASK, ExploreConfig(k=4))
-    assert step_values([pit_summary(r) for r in results], 4) == [
+    assert len(list(rejected_items(pairs, {"a": "6", "b": "6"}, limit=2))) == 2
+    (result,) = explore_rejected(items[:1], ScriptedEngine(), TASK, ExploreConfig(k=4))
+    assert step_value_rows(pit_summary(result), 4) == [
         {"id": "a", "rejected_idx": 0, "step": 1, "k": 4, "n_correct": 2},
         {"id": "a", "rejected_idx": 0, "step": 2, "k": 4, "n_correct": 0},
     ]

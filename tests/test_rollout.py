@@ -16,7 +16,7 @@ from selfexplore.config import EngineConfig, SampleConfig, TaskConfig, TinyModel
 from selfexplore.errors import StageError
 from selfexplore.io import write_jsonl
 from selfexplore.models import build_tiny_model
-from selfexplore.rollout import iter_results, ordered_results, run_rollout, shard_files
+from selfexplore.rollout import INPUTS_DIR, iter_results, ordered_results, run_rollout, shard_files
 from selfexplore.stages.sample import SampleWorker
 from selfexplore.tasks import get_task
 
@@ -95,7 +95,7 @@ class FailingEngineWorker:
     def __call__(self, batch: dict) -> dict:
         import json
 
-        rows = [json.loads(text) for text in batch["row"]]
+        rows = [json.loads(text) for text in batch["text"]]
         if any(row["id"] == self.fail_id for row in rows):
             raise RuntimeError("EngineDeadError: EngineCore encountered an issue (out of memory)")
         return {"result": [json.dumps({"id": row["id"]}) for row in rows], "node": ["local"] * len(rows)}
@@ -116,10 +116,11 @@ def test_a_failing_engine_is_one_clear_error_and_a_rerun_does_the_rest(ray_sessi
     assert len(set(saved)) == len(saved) and set(saved) <= {f"p{i}" for i in range(8)}
     assert f"{len(saved)}/12 rows are saved" in message
 
-    run_rollout(rows, FailingEngineWorker, {"fail_id": None}, engine_cfg, tmp_path / "cut", key="id", what="problems sampled")
+    # The rows may come as a generator, read once (explore streams them from a file).
+    run_rollout((row for row in rows), FailingEngineWorker, {"fail_id": None}, engine_cfg, tmp_path / "cut", key="id", what="problems sampled")
     assert [r["id"] for r in iter_results(tmp_path / "cut")] == [row["id"] for row in rows]  # each row once, in order
     assert [p.name for p in shard_files(tmp_path / "cut")] == ["rows-00000.jsonl", "rows-00001.jsonl", "rows-00002.jsonl"]
-    assert not list((tmp_path / "cut").glob("part-*"))  # the batch shards are gone
+    assert not list((tmp_path / "cut").glob("part-*")) and not (tmp_path / "cut" / INPUTS_DIR).exists()  # and the inputs
     # The same files as a run that never failed, in other batches.
     uncut = EngineConfig(num_engines=1, rows_per_batch=7, backend="vllm")
     run_rollout(rows, FailingEngineWorker, {"fail_id": None}, uncut, tmp_path / "uncut", key="id", what="problems sampled")

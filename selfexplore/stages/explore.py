@@ -26,14 +26,23 @@ the current probes of every solution in its batch: rounds of lockstep search.
 Each probe is seeded by its solution and step alone.
 
 Outputs in `explore/`: `probes/` (shards: per rejected solution: steps, probes, pit), `gpairs.jsonl`,
-`step_values.jsonl`; the stage's metrics (pits, probes, pairs) are in its manifest.
+`step_values.jsonl`; the stage's metrics (pits, probes, pairs) are in its manifest. The driver holds one rejected
+solution at a time: the items stream from `select/pairs.jsonl` to the engines' input files and, once explored,
+back from the shards with their results.
 """
 
 from __future__ import annotations
 
+import collections
+import hashlib
+import itertools
+import json
+from collections.abc import Iterable, Iterator
+
 from selfexplore.config import ExploreConfig, RunConfig
 from selfexplore.engines import SamplingParams, derive_seed
-from selfexplore.io import read_jsonl, write_jsonl
+from selfexplore.errors import StageError
+from selfexplore.io import atomic_open, iter_jsonl, json_line
 from selfexplore.rollout import EngineWorker, iter_results, rollout_nodes, run_rollout
 from selfexplore.run_dir import OUTCOME_PAIRS, PROBES, STEP_PAIRS, STEP_VALUES, RunDir
 from selfexplore.tasks import get_task
@@ -172,23 +181,20 @@ class ExploreWorker(EngineWorker):
         return explore_rejected(items, self.engine, self.task, self.settings["explore_cfg"])
 
 
-def rejected_items(pairs: list[dict], answers: dict[str, str], limit: int = 0) -> list[dict]:
-    """One exploration item per outcome pair (each rejected solution is used by one pair only)."""
-    items, per_problem = [], {}
-    for pair in pairs:
+def rejected_items(pairs: Iterable[dict], answers: dict[str, str], limit: int = 0) -> Iterator[dict]:
+    """One exploration item per outcome pair (each rejected solution is used by one pair only), one at a time."""
+    per_problem: dict[str, int] = {}
+    for pair in itertools.islice(pairs, limit or None):
         idx = per_problem[pair["id"]] = per_problem.get(pair["id"], -1) + 1
-        items.append(
-            {
-                "key": f"{pair['id']}/{idx}",
-                "id": pair["id"],
-                "rejected_idx": idx,
-                "prompt": pair["prompt"],
-                "chosen": pair["chosen"],
-                "rejected_token_ids": pair["rejected_token_ids"],
-                "answer": answers[pair["id"]],
-            }
-        )
-    return items[:limit] if limit else items
+        yield {
+            "key": f"{pair['id']}/{idx}",
+            "id": pair["id"],
+            "rejected_idx": idx,
+            "prompt": pair["prompt"],
+            "chosen": pair["chosen"],
+            "rejected_token_ids": pair["rejected_token_ids"],
+            "answer": answers[pair["id"]],
+        }
 
 
 def pit_summary(result: dict) -> dict:
@@ -209,67 +215,83 @@ def pit_summary(result: dict) -> dict:
     }
 
 
-def build_step_pairs(items: list[dict], summaries: list[dict]) -> tuple[list[dict], dict]:
-    """Step pairs from the pits; per problem, no chosen is used twice and no (prompt, rejected) repeats."""
-    pairs, used_chosen, used_rejected = [], set(), set()
-    counts = {"no_pit": 0, "no_chosen": 0, "duplicate": 0, "empty_step": 0}
-    for item, summary in zip(items, summaries):
+class StepPairs:
+    """Step pairs from the pits, one explored solution at a time; per problem, no chosen is used twice and no
+    (prompt, rejected) repeats. It remembers a digest of what the pairs used, not their text (hundreds of MB at
+    paper scale)."""
+
+    def __init__(self):
+        self.used: set[bytes] = set()
+        self.dropped = {"no_pit": 0, "no_chosen": 0, "duplicate": 0, "empty_step": 0}
+
+    def add(self, item: dict, summary: dict) -> dict | None:
+        """The step pair of one explored solution, or None (counted in `dropped` by why)."""
         pit = summary["pit"]
         if pit is None:  # only an empty solution: the whole solution is wrong, so its last step at the latest is a pit
-            counts["no_pit"] += 1
-            continue
+            self.dropped["no_pit"] += 1
+            return None
         prompt = item["prompt"] + summary["steps_before_pit"]
         rejected = summary["pit_step"]
         if not rejected.strip():  # two step ends inside one token: the pit step has no tokens of its own
-            counts["empty_step"] += 1
-            continue
+            self.dropped["empty_step"] += 1
+            return None
         candidates = [item["chosen"]] if pit == 1 else summary["candidates"]
-        candidates = [c for c in candidates if (item["id"], c) not in used_chosen]
+        candidates = [c for c in candidates if _digest("chosen", item["id"], c) not in self.used]
         if not candidates:
-            counts["no_chosen"] += 1
-            continue
-        if (item["id"], prompt, rejected) in used_rejected:
-            counts["duplicate"] += 1
-            continue
-        used_chosen.add((item["id"], candidates[0]))
-        used_rejected.add((item["id"], prompt, rejected))
-        pairs.append(
-            {"prompt": prompt, "chosen": candidates[0], "rejected": rejected, "id": item["id"], "kind": "step", "pit_step": pit}
-        )
-    return pairs, counts
+            self.dropped["no_chosen"] += 1
+            return None
+        if _digest("rejected", item["id"], prompt, rejected) in self.used:
+            self.dropped["duplicate"] += 1
+            return None
+        self.used.update({_digest("chosen", item["id"], candidates[0]), _digest("rejected", item["id"], prompt, rejected)})
+        return {"prompt": prompt, "chosen": candidates[0], "rejected": rejected, "id": item["id"], "kind": "step", "pit_step": pit}
 
 
-def step_values(summaries: list[dict], k: int) -> list[dict]:
+def _digest(*parts: str) -> bytes:
+    return hashlib.blake2b(json.dumps(parts).encode(), digest_size=16).digest()
+
+
+def step_value_rows(summary: dict, k: int) -> list[dict]:
+    """The Monte-Carlo value of each probed step of one explored solution (a process-reward label)."""
     return [
-        {"id": s["id"], "rejected_idx": s["rejected_idx"], "step": step, "k": k, "n_correct": n_correct}
-        for s in summaries
-        for step, n_correct in s["values"]
+        {"id": summary["id"], "rejected_idx": summary["rejected_idx"], "step": step, "k": k, "n_correct": n_correct}
+        for step, n_correct in summary["values"]
     ]
 
 
 def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     answers = {p["id"]: p["answer"] for p in get_task(cfg.task.name).load("train", cfg.task)}
-    items = rejected_items(read_jsonl(run_dir.path(OUTCOME_PAIRS)), answers, cfg.explore.max_rejected)
+
+    def items() -> Iterator[dict]:  # read from the outcome pairs each time, so they are never all in memory
+        return rejected_items(iter_jsonl(run_dir.path(OUTCOME_PAIRS)), answers, cfg.explore.max_rejected)
+
     worker_kwargs = dict(model_dir=run_dir.model_dir("rft"), engine_cfg=cfg.engine, task_name=cfg.task.name, explore_cfg=cfg.explore)
-    run_rollout(items, ExploreWorker, worker_kwargs, cfg.engine, run_dir.path(PROBES), key="key", what="rejected solutions explored")
-    # One explored solution in memory at a time, kept as its summary, in item order.
-    index = {item["key"]: i for i, item in enumerate(items)}
-    summaries: list[dict] = [{}] * len(items)
-    for result in iter_results(run_dir.path(PROBES)):
-        summaries[index[result["key"]]] = pit_summary(result)
-    pairs, dropped = build_step_pairs(items, summaries)
-    values = step_values(summaries, cfg.explore.k)
-    write_jsonl(run_dir.path(STEP_PAIRS), pairs)
-    write_jsonl(run_dir.path(STEP_VALUES), values)
-    pits = [s["pit"] for s in summaries if s["pit"] is not None]
-    stats = {
-        "rejected": len(items),
-        "step_pairs": len(pairs),
-        "dropped": dropped,
-        "probes": len(values),
-        "probes_per_rejected": len(values) / max(1, len(items)),
-        "generated_tokens_per_rejected": sum(s["generated_tokens"] for s in summaries) / max(1, len(items)),
-        "pit_histogram": {str(j): pits.count(j) for j in sorted(set(pits))},
+    run_rollout(items(), ExploreWorker, worker_kwargs, cfg.engine, run_dir.path(PROBES), key="key", what="rejected solutions explored")
+    # The sealed shards hold the results in item order: one item and its explored solution in memory at a time.
+    step_pairs, pits = StepPairs(), collections.Counter()
+    n_rejected = n_pairs = n_probes = generated_tokens = 0
+    with atomic_open(run_dir.path(STEP_PAIRS)) as pairs_out, atomic_open(run_dir.path(STEP_VALUES)) as values_out:
+        for item, result in zip(items(), iter_results(run_dir.path(PROBES)), strict=True):
+            if result["key"] != item["key"]:  # the shards are not this stage's output for these pairs
+                raise StageError(f"{run_dir.path(PROBES)}: result {result['key']} where {item['key']} was expected; delete the directory and rerun `explore`")
+            summary = pit_summary(result)
+            if (pair := step_pairs.add(item, summary)) is not None:
+                pairs_out.write(json_line(pair))
+                n_pairs += 1
+            for row in step_value_rows(summary, cfg.explore.k):
+                values_out.write(json_line(row))
+                n_probes += 1
+            n_rejected += 1
+            generated_tokens += summary["generated_tokens"]
+            if summary["pit"] is not None:
+                pits[summary["pit"]] += 1
+    return {
+        "rejected": n_rejected,
+        "step_pairs": n_pairs,
+        "dropped": step_pairs.dropped,
+        "probes": n_probes,
+        "probes_per_rejected": n_probes / max(1, n_rejected),
+        "generated_tokens_per_rejected": generated_tokens / max(1, n_rejected),
+        "pit_histogram": {str(j): pits[j] for j in sorted(pits)},
         "nodes": rollout_nodes(run_dir.path(PROBES)),
     }
-    return stats
