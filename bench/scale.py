@@ -16,7 +16,8 @@ necessarily for a real model's. Exploration: every outcome pair's rejected solut
 steps, each step up to the pit probed with k completions of 500-1,500 characters.
 
 Reported per stage: wall seconds, the driver's resident memory before the stage and at its peak (VmHWM), and
-what it made; for `select`, also the largest peak of its Ray worker processes (`--cpus` of them, local).
+what it made; for `select`, also the largest peak of its Ray worker processes (`--cpus` of them, local); for
+`explore`, its input files (rows, bytes, seconds to write them; included in the stage's wall time and peak).
 """
 
 from __future__ import annotations
@@ -119,18 +120,17 @@ def measure_stage(name: str, cfg_path: str, overrides: list[str], cpus: int) -> 
     before = rss_mib()
     if name == "select":
         ray.init(address="local", num_cpus=cpus, include_dashboard=False, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
-    start = time.time()
+    start, result = time.time(), {}
     if name == "explore":  # a first run writes every rejected solution to the engines' input files
         answers = {p["id"]: p["answer"] for p in get_task(cfg.task.name).load("train", cfg.task)}
         items = explore.rejected_items(iter_jsonl(run_dir.path(OUTCOME_PAIRS)), answers, cfg.explore.max_rejected)
         inputs_dir = run_dir.path(PROBES).parent / "inputs-measured"
         _, written = write_inputs(items, set(), "key", inputs_dir, cfg.engine.rows_per_batch)
-        inputs = {"rows": written, "bytes": sum(f.stat().st_size for f in inputs_dir.iterdir()), "wall_s": time.time() - start}
+        size = sum(f.stat().st_size for f in inputs_dir.iterdir())
+        result["input_files"] = {"rows": written, "bytes": size, "wall_s": time.time() - start}
         shutil.rmtree(inputs_dir)
     metrics = {"sample": sample.run, "select": select.run, "explore": explore.run}[name](cfg, run_dir)
-    result = {"wall_s": time.time() - start, "driver_rss_before_mib": before, "driver_peak_rss_mib": peak_mib(), "metrics": metrics}
-    if name == "explore":
-        result["input_files"] = inputs
+    result |= {"wall_s": time.time() - start, "driver_rss_before_mib": before, "driver_peak_rss_mib": peak_mib(), "metrics": metrics}
     if name == "select":  # the tasks ran in Ray workers: processes under this one's raylet, named `ray::...`
         workers = [p for p in psutil.Process().children(recursive=True) if p.cmdline()[:1] and p.cmdline()[0].startswith("ray::")]
         result["ray_worker_peak_rss_mib"] = max(peak_mib(p.pid) for p in workers)
@@ -153,7 +153,7 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=0, help="training problems (0: all)")
     parser.add_argument("--cpus", type=int, default=2, help="local CPUs for select's Ray tasks")
     parser.add_argument("--output-dir", default="runs/scale", help="where the synthetic run goes (replaced)")
-    parser.add_argument("--out", default="", help="result file (default bench/results/scale-<problems>.json)")
+    parser.add_argument("--out", default="", help="result file (default bench/results/scale-<problems>[-explore].json)")
     parser.add_argument("--explore-only", action="store_true", help="measure explore alone, reusing the samples and pairs in --output-dir")
     args = parser.parse_args()
 
@@ -163,7 +163,7 @@ def main() -> None:
     problems = get_task(cfg.task.name).load("train", cfg.task)[: args.problems or None]
     report = {"config": args.config, "problems": len(problems), "n": cfg.sample.n, "cpus_for_select": args.cpus, "stages": {}}
     if args.explore_only and not run_dir.path(OUTCOME_PAIRS).is_file():
-        raise SystemExit(f"--explore-only: no {run_dir.path(OUTCOME_PAIRS)}; run `python bench/scale.py` with the same --problems first")
+        raise SystemExit(f"--explore-only: no {run_dir.path(OUTCOME_PAIRS)}; run `python bench/scale.py` first, with the same --problems")
     if not args.explore_only:
         shutil.rmtree(run_dir.root, ignore_errors=True)
         start = time.time()
@@ -173,7 +173,7 @@ def main() -> None:
             report["stages"][name] = time_stage(name, args.config, overrides, args.cpus)
     report["probes_written"] = write_probes(cfg, run_dir, problems)
     report["stages"]["explore"] = time_stage("explore", args.config, overrides, args.cpus)
-    write_report(report, f"scale-{len(problems)}", args.out)
+    write_report(report, f"scale-{len(problems)}" + ("-explore" if args.explore_only else ""), args.out)
 
 
 if __name__ == "__main__":

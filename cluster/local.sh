@@ -55,8 +55,9 @@ up() {
   fi
   mkdir -p "$STATE"
   : >"$STATE/pids"
-  local ports gcs_port dashboard_port
-  read -r -a ports <<<"$(free_ports $((2 + 4 * nodes)))"  # the head's two, then four per node
+  local free ports gcs_port dashboard_port
+  free=$(free_ports $((2 + 4 * nodes)))  # the head's two, then four per node
+  read -r -a ports <<<"$free"
   gcs_port=${ports[0]}
   dashboard_port=${ports[1]}
   # One thread per worker process (2-core machines), and no token auth on a loopback-only cluster.
@@ -69,12 +70,14 @@ up() {
   local deadline=$((SECONDS + 120))
   until [[ $(alive_nodes "127.0.0.1:$gcs_port") -ge $nodes ]]; do
     if ! kill -0 "$(head -n 1 "$STATE/pids")" 2>/dev/null; then  # else each check waits on a GCS that is not there
-      echo "local.sh: the head node exited; its log: $STATE/node-1.log" >&2
+      echo "local.sh: the head node exited; the end of its log:" >&2
+      tail -n 5 "$STATE/node-1.log" >&2
       down
       exit 1
     fi
     if ((SECONDS > deadline)); then
-      echo "local.sh: the cluster did not come up in 120 s; logs in $STATE/node-*.log" >&2
+      echo "local.sh: the cluster did not come up in 120 s; the end of the nodes' logs:" >&2
+      tail -n 5 "$STATE"/node-*.log >&2
       down
       exit 1
     fi

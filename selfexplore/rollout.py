@@ -22,8 +22,8 @@ Batch shards hold whatever rows a batch happened to get, so when every row is do
 its final layout: the rows in input order, `ROWS_PER_SHARD` to a file (`rows-*.jsonl`). The files are then the same,
 byte for byte, whatever the engine count, the batch size, or where a run was cut off and resumed.
 
-Rows cross Ray Data as JSON strings (a line of an input file, a result): the records are nested and ragged (lists of samples, of probes), which Arrow
-schema inference handles poorly, and the workers only ever need whole records.
+Rows cross Ray Data as JSON strings (a line of an input file, a result): the records are nested and ragged (lists
+of samples, of probes), which Arrow schema inference handles poorly, and the workers only ever need whole records.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from selfexplore.io import atomic_open, iter_jsonl, read_json, write_json, write
 NODES_FILE = "nodes.json"
 """Next to the shards: the node ids of the engines that did the rows (across resumes)."""
 INPUTS_DIR = "inputs"
-"""Next to the shards while a rollout runs: the rows not yet done, one file per batch, for Ray Data to read."""
+"""Next to the shards until the rollout is sealed: the rows not yet done, one file per batch, for Ray Data to read."""
 SEALED_FILE = "sealed.json"
 """Next to the shards once every row is done and they are in their final layout."""
 ROWS_PER_SHARD = 256
@@ -98,6 +98,9 @@ def run_rollout(
     shard_dir.mkdir(parents=True, exist_ok=True)
     done = {result[key] for result in iter_results(shard_dir)}
     keys, n_todo = write_inputs(rows, done, key, shard_dir / INPUTS_DIR, engine_cfg.rows_per_batch)
+    sealed = read_json(shard_dir / SEALED_FILE) if (shard_dir / SEALED_FILE).is_file() else None
+    if sealed and (n_todo or sealed["rows"] != len(keys)):  # the stage's fingerprint rules it out; a hand-made mix
+        raise StageError(f"{shard_dir} holds the results of {sealed['rows']} other rows, not these {len(keys)}; delete it and rerun")
     if done:
         console.say(f"  resuming: {len(keys) - n_todo}/{len(keys)} {what} already done in {shard_dir}")
     if n_todo:
@@ -129,7 +132,9 @@ def write_inputs(rows: Iterable[dict], done: set[str], key: str, inputs_dir: Pat
     return keys, n_todo
 
 
-def _generate(worker_cls, worker_kwargs: dict, engine_cfg: EngineConfig, shard_dir: Path, key: str, what: str, done: set[str], total: int) -> None:
+def _generate(
+    worker_cls, worker_kwargs: dict, engine_cfg: EngineConfig, shard_dir: Path, key: str, what: str, done: set[str], total: int
+) -> None:
     """Run the rows of `shard_dir`'s input files through the engine actors, writing each finished batch to a shard."""
     progress = console.Progress(what, total=total, done=len(done))
     placement_groups: list = []  # one per tensor-parallel GPU engine; their GPUs go back when the rollout ends
@@ -139,10 +144,11 @@ def _generate(worker_cls, worker_kwargs: dict, engine_cfg: EngineConfig, shard_d
     # Every engine is up before the first batch goes out: else the first engine ready may take a small stage's every
     # batch, and an engine the cluster cannot place is a clear error, not a stage that silently runs on fewer.
     ray.data.DataContext.get_current().wait_for_min_actors_s = ENGINES_READY_TIMEOUT_S
-    inputs = sorted(str(path) for path in (shard_dir / INPUTS_DIR).iterdir())
+    inputs = sorted(str(path.resolve()) for path in (shard_dir / INPUTS_DIR).iterdir())  # read on any node
     # One read task per input file, so one block per batch: Ray Data hands each batch to an engine of its own.
-    # Reads take no CPU: engines may hold every CPU, and a read waiting for one would wait forever.
-    dataset = ray.data.read_text(inputs, override_num_blocks=len(inputs), num_cpus=0)
+    # Reads take no CPU (engines may hold every CPU, and a read waiting for one would wait forever), so their
+    # number is capped instead: as many as the engines take batches at once.
+    dataset = ray.data.read_text(inputs, override_num_blocks=len(inputs), num_cpus=0, concurrency=engine_cfg.num_engines * calls)
     dataset = dataset.map_batches(
         worker_cls,
         fn_constructor_kwargs=worker_kwargs,
@@ -184,9 +190,9 @@ def _seal(shard_dir: Path, keys: list[str], key: str) -> None:
     """Rewrite the batch shards of a finished rollout into its final layout (`rows-*.jsonl`, in the order of `keys`).
 
     Crash-safe: the final files are written first, then `SEALED_FILE` says they are the shards, then the batch
-    shards and the input files go. Cut off before the marker, the batch shards are still the shards and a rerun seals again; after it,
-    a rerun only removes what is left of them. One row is in memory at a time: the rest is an index of where each
-    row lies in the batch shards.
+    shards and the input files go. Cut off before the marker, the batch shards are still the shards and a rerun
+    seals again; after it, a rerun only removes what is left. One row is in memory at a time: the rest is an index
+    of where each row lies in the batch shards.
     """
     batch_shards = sorted(shard_dir.glob("part-*.jsonl"))
     if not (shard_dir / SEALED_FILE).is_file():

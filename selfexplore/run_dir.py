@@ -6,12 +6,12 @@
       base/model/                         the base model (unless `model.path` names one)
       sft/model/   rft/model/   dpo-outcome/model/   dpo-step/model/
         (+ `train/`: Ray Train checkpoints, `metrics.jsonl` and `tensorboard/`: every logged training step)
-      sample/samples/rows-*.jsonl         N graded samples per problem (while it runs: batch shards `part-*.jsonl`
-                                          and `inputs/`, the rows not yet done, one file per batch)
+      sample/samples/rows-*.jsonl         N graded samples per problem (batch shards `part-*.jsonl` while it runs)
       select/rft.jsonl  select/pairs.jsonl    the RFT set and the outcome pairs
       explore/probes/rows-*.jsonl  explore/gpairs.jsonl  explore/step_values.jsonl
       eval/<model>/{validation,test}.jsonl  eval/<model>/{validation,test}.summary.json
       <stage>/started.json  <stage>/manifest.json
+      (a rollout's shard directory, until it is sealed: `inputs/`, the rows not yet done, one file per batch)
 
 A stage is done when its `manifest.json` holds its current fingerprint: a hash of the config that decides its
 output and of the fingerprints of the stages it reads. Which stages it reads is derived from the artifacts it

@@ -87,7 +87,7 @@ def test_a_vllm_engine_works_on_several_batches_at_once_with_the_same_samples(
 
 
 class FailingEngineWorker:
-    """Answers rows until it meets `fail_id`, then fails the way a dead vLLM engine does."""
+    """Echoes rows until it meets `fail_id`, then fails the way a dead vLLM engine does."""
 
     def __init__(self, fail_id: str | None):
         self.fail_id = fail_id
@@ -98,13 +98,14 @@ class FailingEngineWorker:
         rows = [json.loads(text) for text in batch["text"]]
         if any(row["id"] == self.fail_id for row in rows):
             raise RuntimeError("EngineDeadError: EngineCore encountered an issue (out of memory)")
-        return {"result": [json.dumps({"id": row["id"]}) for row in rows], "node": ["local"] * len(rows)}
+        return {"result": [json.dumps(row) for row in rows], "node": ["local"] * len(rows)}
 
 
 def test_a_failing_engine_is_one_clear_error_and_a_rerun_does_the_rest(ray_session, tmp_path, monkeypatch):
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actors cannot import this test module
     monkeypatch.setattr("selfexplore.rollout.ROWS_PER_SHARD", 5)  # final files that split the rows unevenly
-    rows = [{"id": f"p{i}"} for i in range(12)]
+    # Text with line breaks of every kind: a row reaches the engine whole (Ray's text reader splits at U+2028 too).
+    rows = [{"id": f"p{i}", "text": "1\n2\r\n3\u2028 4\x85 5\u2029"} for i in range(12)]
     engine_cfg = EngineConfig(num_engines=1, rows_per_batch=4, backend="vllm")
     with pytest.raises(StageError) as error:
         run_rollout(rows, FailingEngineWorker, {"fail_id": "p9"}, engine_cfg, tmp_path / "cut", key="id", what="problems sampled")
@@ -118,7 +119,7 @@ def test_a_failing_engine_is_one_clear_error_and_a_rerun_does_the_rest(ray_sessi
 
     # The rows may come as a generator, read once (explore streams them from a file).
     run_rollout((row for row in rows), FailingEngineWorker, {"fail_id": None}, engine_cfg, tmp_path / "cut", key="id", what="problems sampled")
-    assert [r["id"] for r in iter_results(tmp_path / "cut")] == [row["id"] for row in rows]  # each row once, in order
+    assert list(iter_results(tmp_path / "cut")) == rows  # each row once, in order, whole
     assert [p.name for p in shard_files(tmp_path / "cut")] == ["rows-00000.jsonl", "rows-00001.jsonl", "rows-00002.jsonl"]
     assert not list((tmp_path / "cut").glob("part-*")) and not (tmp_path / "cut" / INPUTS_DIR).exists()  # and the inputs
     # The same files as a run that never failed, in other batches.
@@ -142,3 +143,6 @@ def test_a_seal_cut_off_at_any_point_is_finished_by_the_rerun(tmp_path):
     write_jsonl(tmp_path / "part-00000.jsonl", [{"id": "p3"}, {"id": "p1"}])
     run_rollout(rows, FailingEngineWorker, {"fail_id": None}, engine_cfg, tmp_path, key="id", what="problems")
     assert not list(tmp_path.glob("part-*")) and (tmp_path / "rows-00000.jsonl").read_bytes() == sealed
+    # Sealed for other rows (a directory copied by hand: the stage's fingerprint rules it out): a clear error.
+    with pytest.raises(StageError, match="holds the results of 5 other rows, not these 3; delete it and rerun"):
+        run_rollout(rows[:3], FailingEngineWorker, {"fail_id": None}, engine_cfg, tmp_path, key="id", what="problems")

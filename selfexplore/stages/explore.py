@@ -202,7 +202,6 @@ def pit_summary(result: dict) -> dict:
     pit = result["pit"]
     before = [p for p in result["probes"] if pit is not None and p["step"] == pit - 1]
     return {
-        "key": result["key"],
         "id": result["id"],
         "rejected_idx": result["rejected_idx"],
         "pit": pit,
@@ -272,8 +271,8 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     n_rejected = n_pairs = n_probes = generated_tokens = 0
     with atomic_open(run_dir.path(STEP_PAIRS)) as pairs_out, atomic_open(run_dir.path(STEP_VALUES)) as values_out:
         for item, result in zip(items(), iter_results(run_dir.path(PROBES)), strict=True):
-            if result["key"] != item["key"]:  # the shards are not this stage's output for these pairs
-                raise StageError(f"{run_dir.path(PROBES)}: result {result['key']} where {item['key']} was expected; delete the directory and rerun `explore`")
+            if result["key"] != item["key"]:  # `run_rollout` checked the rows' number; this, their order
+                raise StageError(f"{run_dir.path(PROBES)}: {result['key']} where {item['key']} should be; delete it and rerun")
             summary = pit_summary(result)
             if (pair := step_pairs.add(item, summary)) is not None:
                 pairs_out.write(json_line(pair))
