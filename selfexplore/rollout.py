@@ -6,8 +6,9 @@
     for result in iter_results(shard_dir): ...
 
 The rows go in as an iterable, read once: the driver writes those not yet done to input files, one per batch
-(`inputs/`), and Ray Data reads them on the workers (`read_text`), so the driver never holds the rows (the
-rejected solutions `explore` takes in are hundreds of MB at paper scale); it keeps their keys.
+(`inputs/`), Ray Data hands the files' paths to the engine actors, and each actor reads its batch, so the driver
+never holds the rows (the rejected solutions `explore` takes in are hundreds of MB at paper scale); it keeps their
+keys.
 
 Ray Data shards the rows over `engine.num_engines` actors (`map_batches` with an actor pool; on a cluster the
 actors spread over nodes, each with `engine.num_gpus` GPUs, or a placement group of `tensor_parallel_size` GPUs
@@ -22,8 +23,8 @@ Batch shards hold whatever rows a batch happened to get, so when every row is do
 its final layout: the rows in input order, `ROWS_PER_SHARD` to a file (`rows-*.jsonl`). The files are then the same,
 byte for byte, whatever the engine count, the batch size, or where a run was cut off and resumed.
 
-Rows cross Ray Data as JSON strings (a line of an input file, a result): the records are nested and ragged (lists
-of samples, of probes), which Arrow schema inference handles poorly, and the workers only ever need whole records.
+Rows cross Ray Data as input file paths and results as JSON strings: the records are nested and ragged (lists of
+samples, of probes), which Arrow schema inference handles poorly, and the workers only ever need whole records.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import ray
 from selfexplore import console
 from selfexplore.config import EngineConfig
 from selfexplore.errors import StageError, root_cause
-from selfexplore.io import atomic_open, iter_jsonl, read_json, write_json, write_jsonl
+from selfexplore.io import atomic_open, iter_jsonl, json_line, read_json, write_json, write_jsonl
 
 NODES_FILE = "nodes.json"
 """Next to the shards: the node ids of the engines that did the rows (across resumes)."""
@@ -75,7 +76,7 @@ class EngineWorker(abc.ABC):
         self.settings = settings
 
     def __call__(self, batch: dict) -> dict:
-        rows = [json.loads(text) for text in batch["text"]]
+        rows = [row for path in batch["input"] for row in iter_jsonl(path)]
         results = [json.dumps(result) for result in self.process(rows)]
         # Where the batch ran, for the stage's manifest; kept out of the results, which must not depend on it.
         return {"result": results, "node": [ray.get_runtime_context().get_node_id()] * len(results)}
@@ -123,8 +124,7 @@ def write_inputs(rows: Iterable[dict], done: set[str], key: str, inputs_dir: Pat
                 if out:
                     out.close()
                 out = (inputs_dir / f"batch-{n_todo // rows_per_batch:05d}.jsonl").open("w", encoding="utf-8")
-            # ASCII JSON: Ray's text reader splits lines at U+2028 and its relatives too, which JSON may hold raw.
-            out.write(json.dumps(row, ensure_ascii=True) + "\n")
+            out.write(json_line(row))
             n_todo += 1
     finally:
         if out:
@@ -144,15 +144,14 @@ def _generate(
     # Every engine is up before the first batch goes out: else the first engine ready may take a small stage's every
     # batch, and an engine the cluster cannot place is a clear error, not a stage that silently runs on fewer.
     ray.data.DataContext.get_current().wait_for_min_actors_s = ENGINES_READY_TIMEOUT_S
-    inputs = sorted(str(path.resolve()) for path in (shard_dir / INPUTS_DIR).iterdir())  # read on any node
-    # One read task per input file, so one block per batch: Ray Data hands each batch to an engine of its own.
-    # Reads take no CPU (engines may hold every CPU, and a read waiting for one would wait forever), so their
-    # number is capped instead: as many as the engines take batches at once.
-    dataset = ray.data.read_text(inputs, override_num_blocks=len(inputs), num_cpus=0, concurrency=engine_cfg.num_engines * calls)
+    # One input file per engine call. The actors read the files themselves (the run directory is on a path every
+    # node sees): Ray Data's own readers would run as tasks, each a worker process to start on CPUs the engines use.
+    inputs = sorted(str(path.resolve()) for path in (shard_dir / INPUTS_DIR).iterdir())
+    dataset = ray.data.from_items([{"input": path} for path in inputs], override_num_blocks=len(inputs))
     dataset = dataset.map_batches(
         worker_cls,
         fn_constructor_kwargs=worker_kwargs,
-        batch_size=engine_cfg.rows_per_batch,
+        batch_size=1,
         compute=ray.data.ActorPoolStrategy(
             size=engine_cfg.num_engines, max_concurrent_calls_per_actor=calls, enable_true_multi_threading=calls > 1
         ),

@@ -95,7 +95,7 @@ class FailingEngineWorker:
     def __call__(self, batch: dict) -> dict:
         import json
 
-        rows = [json.loads(text) for text in batch["text"]]
+        rows = [json.loads(line) for path in batch["input"] for line in open(path, encoding="utf-8")]
         if any(row["id"] == self.fail_id for row in rows):
             raise RuntimeError("EngineDeadError: EngineCore encountered an issue (out of memory)")
         return {"result": [json.dumps(row) for row in rows], "node": ["local"] * len(rows)}
@@ -104,7 +104,7 @@ class FailingEngineWorker:
 def test_a_failing_engine_is_one_clear_error_and_a_rerun_does_the_rest(ray_session, tmp_path, monkeypatch):
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actors cannot import this test module
     monkeypatch.setattr("selfexplore.rollout.ROWS_PER_SHARD", 5)  # final files that split the rows unevenly
-    # Text with line breaks of every kind: a row reaches the engine whole (Ray's text reader splits at U+2028 too).
+    # Text with line breaks of every kind: a row reaches the engine whole through its input file.
     rows = [{"id": f"p{i}", "text": "1\n2\r\n3\u2028 4\x85 5\u2029"} for i in range(12)]
     engine_cfg = EngineConfig(num_engines=1, rows_per_batch=4, backend="vllm")
     with pytest.raises(StageError) as error:
