@@ -138,9 +138,14 @@ def measure_stage(name: str, cfg_path: str, overrides: list[str], cpus: int) -> 
     return result
 
 
-def time_stage(name: str, cfg_path: str, overrides: list[str], cpus: int) -> dict:
+def in_fresh_process(fn, *args):
+    """`fn(*args)` in a new interpreter, so that its peak memory is its own."""
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        result = pool.submit(measure_stage, name, cfg_path, overrides, cpus).result()
+        return pool.submit(fn, *args).result()
+
+
+def time_stage(name: str, cfg_path: str, overrides: list[str], cpus: int) -> dict:
+    result = in_fresh_process(measure_stage, name, cfg_path, overrides, cpus)
     print(f"{name}: {result['wall_s']:.0f} s, driver {result['driver_rss_before_mib']:.0f} MiB before, peak "
           f"{result['driver_peak_rss_mib']:.0f} MiB" + (f", Ray workers' peak {result['ray_worker_peak_rss_mib']:.0f} MiB" if name == "select" else "")
           + f"; {result['metrics']}", flush=True)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import pyarrow as pa
 import ray
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -56,9 +57,10 @@ def rows_and_pairs(n: int) -> tuple[list[dict], list[dict]]:
     return rows, pairs
 
 
-def plain(kind: str, model_dir: str, examples: dict, cfg: SFTConfig | DPOConfig, work: Path) -> dict:
+def plain(kind: str, model_dir: str, examples: pa.Table, cfg: SFTConfig | DPOConfig, work: Path) -> dict:
     """What a user would write without us: the TRL trainer in one process."""
     from datasets import Dataset
+    from datasets.table import InMemoryTable
     from trl import DPOConfig as TRLDPOConfig
     from trl import SFTConfig as TRLSFTConfig
     from trl import SFTTrainer
@@ -74,7 +76,7 @@ def plain(kind: str, model_dir: str, examples: dict, cfg: SFTConfig | DPOConfig,
     )
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    dataset = Dataset.from_dict(examples)
+    dataset = Dataset(InMemoryTable(examples))
     if kind == "sft":
         args = TRLSFTConfig(**common, max_length=None, dataset_kwargs={"skip_prepare_dataset": True})
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)

@@ -10,7 +10,7 @@ import pytest
 from selfexplore.config import ExploreConfig
 from selfexplore.engines import Completion
 from selfexplore.models import build_char_tokenizer
-from selfexplore.stages.dpo import next_step_pairs
+from selfexplore.stages.dpo import NextStepPairs
 from selfexplore.stages.explore import (
     PitSearch,
     StepPairs,
@@ -251,8 +251,9 @@ def test_next_step_pairs_keep_one_step_on_each_side_and_drop_pairs_of_the_same_s
     pair = {"prompt": PROMPT + "1 + 2 = 3\n", "chosen": "3 + 4 = 7\n7 - 1 = 6\nThe answer is 6", "rejected": "3 + 4 = 8\n", "id": "a", "kind": "step", "pit_step": 2}
     same_step = {**pair, "chosen": "3 + 4 = 8\n8 - 2 = 6\nThe answer is 6"}  # a lucky completion through the pit step
     last_step = {**pair, "prompt": PROMPT + "1 + 2 = 3\n3 + 4 = 7\n7 - 1 = 6\n", "chosen": "The answer is 6", "rejected": "The answer is 5"}
-    pairs, identical = next_step_pairs([pair, same_step, last_step], TASK)
-    assert identical == 1
+    next_step = NextStepPairs([pair, same_step, last_step], TASK)
+    pairs = list(next_step)
+    assert next_step.identical == 1
     assert [(p["chosen"], p["rejected"], p["kind"]) for p in pairs] == [
         ("3 + 4 = 7\n", "3 + 4 = 8\n", "next_step"),
         ("The answer is 6", "The answer is 5", "next_step"),

@@ -7,6 +7,7 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import pyarrow as pa
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -18,7 +19,7 @@ from selfexplore.models import build_char_tokenizer, build_tiny_model
 from selfexplore.run_dir import TrainLogs
 from selfexplore.tasks import format_prompt, get_task
 from selfexplore.train import train_dpo, train_sft
-from selfexplore.train.data import IGNORE_INDEX, gets_eos, tokenize_dpo, tokenize_sft
+from selfexplore.train.data import BATCH_ROWS, IGNORE_INDEX, gets_eos, tokenize_dpo, tokenize_sft
 from selfexplore.train.metrics_log import MetricsLog
 
 
@@ -44,7 +45,7 @@ def test_sft_tokenisation_masks_the_prompt_and_ends_with_eos():
         [{"prompt": "Q?\n", "completion": "A"}, {"prompt": "long" * 10, "completion": "x"}], tok, max_length=20
     )
     assert data.dropped_too_long == 1 and data.num_examples == 1
-    ids, labels = data.examples["input_ids"][0], data.examples["labels"][0]
+    ((ids, labels),) = zip(*(data.examples[c].to_pylist() for c in ("input_ids", "labels")))
     assert ids == [tok.bos_token_id, *tok.convert_tokens_to_ids(list("Q?\nA")), tok.eos_token_id]
     assert labels == [IGNORE_INDEX] * 4 + ids[4:]
 
@@ -62,7 +63,7 @@ def test_dpo_tokenisation_puts_eos_on_whole_solutions_only():
     ]
     data = tokenize_dpo(rows, tok, max_length=40, max_prompt_length=20)
     assert (data.num_examples, data.dropped_empty, data.dropped_too_long) == (3, 1, 2)
-    step, outcome, next_step = ({column: values[i] for column, values in data.examples.items()} for i in (0, 1, 2))
+    step, outcome, next_step = data.examples.to_pylist()
     assert step["prompt_ids"][0] == tok.bos_token_id
     assert step["chosen_ids"][-1] == eos and outcome["chosen_ids"][-1] == eos
     assert step["rejected_ids"] == tok.convert_tokens_to_ids(list("1 + 1 = 3\n"))  # the pit step, no EOS
@@ -74,6 +75,20 @@ def test_dpo_tokenisation_puts_eos_on_whole_solutions_only():
         tokenize_dpo([{**rows[0], "kind": "final"}], tok, 40, 20)
     with pytest.raises(DataError, match="row 0 lacks"):
         tokenize_dpo([{"prompt": "Q", "chosen": "a"}], tok, 40, 20)
+
+
+def test_rows_are_read_once_as_a_stream_and_tokenised_a_batch_at_a_time_into_int32_chunks():
+    tok = build_char_tokenizer()
+    rows = [{"prompt": f"{i} + 1?\n", "completion": f"{i} + 1 = {i + 1}\nThe answer is {i + 1}"} for i in range(BATCH_ROWS + 5)]
+    rows.insert(3, {"prompt": "Q\n", "completion": "x" * 200})  # dropped: the batches still line up with the rows
+    data = tokenize_sft(iter(rows), tok, max_length=64)
+    assert data.dropped_too_long == 1 and data.num_examples == len(rows) - 1
+    assert data.examples.schema.field("input_ids").type == pa.list_(pa.int32())
+    assert [len(chunk) for chunk in data.examples["input_ids"].chunks] == [BATCH_ROWS - 1, 6]
+    one_by_one = [tokenize_sft([row], tok, max_length=64).examples.to_pylist() for row in rows if len(row["completion"]) < 200]
+    assert data.examples.to_pylist() == [example for (example,) in one_by_one]
+    with pytest.raises(DataError, match="no training rows"):
+        tokenize_sft(iter([]), tok, max_length=64)
 
 
 def test_batch_split():

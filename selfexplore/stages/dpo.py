@@ -2,14 +2,18 @@
 
 `outcome` trains on D_pair (whole correct vs whole wrong solutions: the baseline); `step` trains on D_g-pair
 (the step pairs of `explore`: Self-Explore), in the format `explore.pair_format` names. Everything else is
-identical, so the comparison is fair.
+identical, so the comparison is fair. Pairs are read as they are tokenised, never held as a list: at the paper's
+scale they are gigabytes of text.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
 from selfexplore.config import RunConfig
 from selfexplore.errors import StageError
-from selfexplore.io import read_jsonl
+from selfexplore.io import iter_jsonl
 from selfexplore.run_dir import OUTCOME_PAIRS, STEP_PAIRS, RunDir
 from selfexplore.tasks import get_task
 from selfexplore.train import train_dpo
@@ -17,29 +21,34 @@ from selfexplore.train import train_dpo
 PAIRS = {"outcome": OUTCOME_PAIRS, "step": STEP_PAIRS}
 
 
-def next_step_pairs(pairs: list[dict], task) -> tuple[list[dict], int]:
-    """Step-DPO's pairs from the paper's: the chosen cut to its first step, the one that follows the prompt as the
-    rejected pit step does. A pair whose two steps are then the same text teaches nothing and is dropped."""
-    out, identical = [], 0
-    for pair in pairs:
-        _, end = task.split_steps(pair["chosen"])[0]
-        if pair["chosen"][:end] == pair["rejected"]:
-            identical += 1
-            continue
-        out.append({**pair, "chosen": pair["chosen"][:end], "kind": "next_step"})
-    return out, identical
+@dataclass
+class NextStepPairs:
+    """Step-DPO's pairs from the paper's, as `pairs` is read: the chosen cut to its first step, the one that follows
+    the prompt as the rejected pit step does. A pair whose two steps are then the same text teaches nothing and is
+    dropped; `identical` counts those once the pairs have been read."""
+
+    pairs: Iterable[dict]
+    task: object
+    identical: int = 0
+
+    def __iter__(self) -> Iterator[dict]:
+        for pair in self.pairs:
+            _, end = self.task.split_steps(pair["chosen"])[0]
+            if pair["chosen"][:end] == pair["rejected"]:
+                self.identical += 1
+                continue
+            yield {**pair, "chosen": pair["chosen"][:end], "kind": "next_step"}
 
 
 def run(cfg: RunConfig, run_dir: RunDir, kind: str) -> dict:
-    pairs = read_jsonl(run_dir.path(PAIRS[kind]))
-    identical = 0
-    if kind == "step" and cfg.explore.pair_format == "next_step":
-        pairs, identical = next_step_pairs(pairs, get_task(cfg.task.name))
-    if not pairs:
-        raise StageError(f"no {kind} pairs to train on in {run_dir.path(PAIRS[kind])}")
+    path = run_dir.path(PAIRS[kind])
+    if not next(iter_jsonl(path), None):
+        raise StageError(f"no {kind} pairs to train on in {path}")
+    next_step = NextStepPairs(iter_jsonl(path), get_task(cfg.task.name)) if kind == "step" and cfg.explore.pair_format == "next_step" else None
+    pairs = next_step or iter_jsonl(path)
     rft_model = run_dir.model_dir("rft")
     stage = f"dpo-{kind}"
     metrics = train_dpo(pairs, rft_model, rft_model, run_dir.model_dir(stage), cfg.dpo, run_dir.train_storage(stage), logs=run_dir.train_logs(stage))
     if kind == "step":
-        metrics |= {"pair_format": cfg.explore.pair_format, "dropped_identical_steps": identical}
+        metrics |= {"pair_format": cfg.explore.pair_format, "dropped_identical_steps": next_step.identical if next_step else 0}
     return metrics

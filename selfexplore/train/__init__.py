@@ -3,7 +3,7 @@
     metrics = train_sft(rows, init_model_dir, out_dir, cfg.sft, storage_dir, section="sft", logs=run_dir.train_logs("sft"))
     metrics = train_dpo(pairs, init_model_dir, ref_model_dir, out_dir, cfg.dpo, storage_dir, logs=run_dir.train_logs("dpo-step"))
 
-Both need a running Ray session, tokenise on the driver (`data.py`), train on `cfg.num_workers` Ray Train workers
+Both need a running Ray session, read their rows once as they tokenise them on the driver (`data.py`), train on `cfg.num_workers` Ray Train workers
 (`worker.py`, launched by `launch.py`) and write a plain HF model directory (safetensors + tokenizer) to
 `out_dir`, atomically (in bf16 when `cfg.bf16`, else fp32). The metrics: train_loss (mean over the run),
 first_loss and final_loss (first and last logged), steps, train_runtime_s and steps_per_s (the Trainer's, from
@@ -17,6 +17,7 @@ dropped_empty (pairs with an empty rejected). With `logs`, every logged step is 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from transformers import AutoTokenizer
@@ -30,7 +31,7 @@ __all__ = ["train_dpo", "train_sft"]
 
 
 def train_sft(
-    rows: list[dict],
+    rows: Iterable[dict],
     init_model_dir: str,
     out_dir: str | Path,
     cfg: TrainConfig,
@@ -45,7 +46,7 @@ def train_sft(
 
 
 def train_dpo(
-    rows: list[dict],
+    rows: Iterable[dict],
     init_model_dir: str,
     ref_model_dir: str,
     out_dir: str | Path,

@@ -15,7 +15,6 @@ import os
 import shutil
 import threading
 import time
-from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,7 +61,7 @@ def fit(
         train_loop_config={
             "kind": kind,
             "cfg": cfg,
-            # Through the object store: the examples can be large and every worker reads the same copy.
+            # Through the object store: the examples can be large, and the workers of a node share one copy.
             "examples": ray.put(data.examples),
             "init_model_dir": _absolute(init_model_dir),
             "ref_model_dir": _absolute(ref_model_dir) if ref_model_dir else None,
@@ -141,10 +140,10 @@ def run_name(kind: str, cfg: TrainConfig, data: Tokenized, models: list[str | No
     digest = hashlib.sha256()
     identities = [_model_identity(m) for m in models if m]
     digest.update(json.dumps([kind, dataclasses.asdict(cfg), identities], sort_keys=True).encode())
-    for column, sequences in sorted(data.examples.items()):
-        digest.update(column.encode())
-        for ids in sequences:
-            digest.update(len(ids).to_bytes(4, "little") + array("q", ids).tobytes())
+    for name in sorted(data.examples.column_names):
+        digest.update(name.encode())
+        for chunk in data.examples.column(name).chunks:  # the token ids and where each example starts
+            digest.update(chunk.offsets.to_numpy().tobytes() + chunk.values.to_numpy().tobytes())
     return f"{kind}-{digest.hexdigest()[:16]}"
 
 

@@ -1,6 +1,6 @@
 """What every Ray Train worker runs: a TRL trainer under DeepSpeed, reporting checkpoints to Ray Train.
 
-The worker gets pre-tokenised examples (see `data.py`) through the object store, trains with TRL's `SFTTrainer`
+The worker gets pre-tokenised examples (an Arrow table, see `data.py`) through the object store, trains with TRL's `SFTTrainer`
 or `DPOTrainer`, and finishes by reporting one last Ray Train checkpoint holding the final HF model directory
 (`model/`, gathered from all ranks under ZeRO-3) and `metrics.json`. The driver copies that model out.
 Periodic checkpoints (`save_steps`) are full HF/DeepSpeed checkpoints reported by `RayTrainReportCallback`;
@@ -19,6 +19,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import deepspeed
+import pyarrow as pa
 import ray.train
 import torch
 from datasets import Dataset
@@ -160,11 +161,11 @@ def _build_trainer(config: dict, output_dir: str, resumed_from_step: int):
     return prepare_trainer(trainer)
 
 
-def _dataset(examples: dict[str, list[list[int]]]) -> Dataset:
-    # `Dataset.from_dict` fingerprints the table by pickling it with dill, which disassembles a function through
-    # `print`, and Ray Train's print patch then sends the bytecode to the logs. Nothing here is cached on disk,
-    # so a random fingerprint does.
-    return Dataset(InMemoryTable.from_pydict(examples), fingerprint=generate_random_fingerprint())
+def _dataset(examples: pa.Table) -> Dataset:
+    # The table as it came from the object store (shared memory, no copy). A fingerprint computed by `datasets`
+    # would pickle the table with dill, which disassembles a function through `print`, and Ray Train's print patch
+    # then sends the bytecode to the logs. Nothing here is cached on disk, so a random fingerprint does.
+    return Dataset(InMemoryTable(examples), fingerprint=generate_random_fingerprint())
 
 
 def _trl_args(kind: str, cfg: TrainConfig, output_dir: str) -> TRLSFTConfig | TRLDPOConfig:
