@@ -15,7 +15,8 @@ set (the `tokenizers` library), about 3 characters a token on these texts.
 Per training stage, in a fresh process: the stage's rows (`rft.training_rows`; the pairs file read as `dpo.run`
 reads it) through `tokenize_sft` / `tokenize_dpo`, `ray.put` of the examples as `launch.fit` does, then
 `--workers` Ray actors on this node each build a Ray Train worker's dataset from the object (`worker._dataset`)
-and read every example a batch at a time, as a Trainer's epoch does. Reported: wall seconds of the tokenisation,
+and read every example a batch at a time (in order; a Trainer's epoch takes shuffled batches, also without
+copying the table). Reported: wall seconds of the tokenisation,
 the driver's resident memory before and at its peak (VmHWM), the examples' size, and per worker its resident and
 unique (USS: not shared with other processes) memory before the examples and after reading them all.
 """

@@ -9,6 +9,7 @@ import pytest
 
 from selfexplore.config import ExploreConfig
 from selfexplore.engines import Completion
+from selfexplore.errors import StageError
 from selfexplore.models import build_char_tokenizer
 from selfexplore.stages.dpo import NextStepPairs
 from selfexplore.stages.explore import (
@@ -259,6 +260,8 @@ def test_next_step_pairs_keep_one_step_on_each_side_and_drop_pairs_of_the_same_s
         ("The answer is 6", "The answer is 5", "next_step"),
     ]
     assert pairs[0]["prompt"] == pair["prompt"]
+    with pytest.raises(StageError, match="explore.pair_format=full"):  # nothing left: one line saying what to do
+        list(NextStepPairs([same_step], TASK))
 
 
 def test_rejected_items_and_step_values():

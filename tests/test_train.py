@@ -19,7 +19,8 @@ from selfexplore.models import build_char_tokenizer, build_tiny_model
 from selfexplore.run_dir import TrainLogs
 from selfexplore.tasks import format_prompt, get_task
 from selfexplore.train import train_dpo, train_sft
-from selfexplore.train.data import BATCH_ROWS, IGNORE_INDEX, gets_eos, tokenize_dpo, tokenize_sft
+from selfexplore.train.data import BATCH_ROWS, IGNORE_INDEX, Tokenized, gets_eos, tokenize_dpo, tokenize_sft
+from selfexplore.train.launch import run_name
 from selfexplore.train.metrics_log import MetricsLog
 
 
@@ -89,6 +90,26 @@ def test_rows_are_read_once_as_a_stream_and_tokenised_a_batch_at_a_time_into_int
     assert data.examples.to_pylist() == [example for (example,) in one_by_one]
     with pytest.raises(DataError, match="no training rows"):
         tokenize_sft(iter([]), tok, max_length=64)
+
+
+def test_run_name_names_the_examples_not_their_chunking():
+    rows = [{"prompt": f"{i}?\n", "completion": f"{i} + 1 = {i + 1}"} for i in range(BATCH_ROWS + 5)]
+    data = tokenize_sft(rows, build_char_tokenizer(), max_length=64)
+    rechunked = Tokenized(pa.Table.from_batches(data.examples.combine_chunks().to_batches(max_chunksize=100)))
+    sliced = Tokenized(pa.concat_tables([data.examples.slice(0, 7), data.examples.slice(7)]))
+    cfg = SFTConfig()
+    names = {run_name("sft", cfg, d, []) for d in (data, rechunked, sliced)}
+    assert len(names) == 1
+    one_token_changed = data.examples.to_pylist()
+    one_token_changed[-1]["labels"][-2] += 1
+    assert run_name("sft", cfg, Tokenized(pa.Table.from_pylist(one_token_changed, schema=data.examples.schema)), []) not in names
+
+
+def test_a_tokenizer_without_eos_is_one_clear_error():
+    tok = build_char_tokenizer()
+    tok.eos_token = None
+    with pytest.raises(DataError, match="no EOS token"):
+        tokenize_sft([{"prompt": "Q", "completion": "A"}], tok, max_length=20)
 
 
 def test_batch_split():

@@ -3,7 +3,7 @@
 `outcome` trains on D_pair (whole correct vs whole wrong solutions: the baseline); `step` trains on D_g-pair
 (the step pairs of `explore`: Self-Explore), in the format `explore.pair_format` names. Everything else is
 identical, so the comparison is fair. Pairs are read as they are tokenised, never held as a list: at the paper's
-scale they are gigabytes of text.
+scale they are hundreds of megabytes of text.
 """
 
 from __future__ import annotations
@@ -32,23 +32,28 @@ class NextStepPairs:
     identical: int = 0
 
     def __iter__(self) -> Iterator[dict]:
+        kept = 0
         for pair in self.pairs:
             _, end = self.task.split_steps(pair["chosen"])[0]
             if pair["chosen"][:end] == pair["rejected"]:
                 self.identical += 1
                 continue
+            kept += 1
             yield {**pair, "chosen": pair["chosen"][:end], "kind": "next_step"}
+        if not kept:
+            raise StageError(f"every one of the {self.identical} step pairs has the pit step as its chosen's first step: no "
+                             "`next_step` pairs to train on; set explore.pair_format=full")
 
 
 def run(cfg: RunConfig, run_dir: RunDir, kind: str) -> dict:
     path = run_dir.path(PAIRS[kind])
-    if not next(iter_jsonl(path), None):
+    if next(iter_jsonl(path), None) is None:
         raise StageError(f"no {kind} pairs to train on in {path}")
     next_step = NextStepPairs(iter_jsonl(path), get_task(cfg.task.name)) if kind == "step" and cfg.explore.pair_format == "next_step" else None
-    pairs = next_step or iter_jsonl(path)
+    pairs = next_step if next_step is not None else iter_jsonl(path)
     rft_model = run_dir.model_dir("rft")
     stage = f"dpo-{kind}"
     metrics = train_dpo(pairs, rft_model, rft_model, run_dir.model_dir(stage), cfg.dpo, run_dir.train_storage(stage), logs=run_dir.train_logs(stage))
     if kind == "step":
-        metrics |= {"pair_format": cfg.explore.pair_format, "dropped_identical_steps": next_step.identical if next_step else 0}
+        metrics |= {"pair_format": cfg.explore.pair_format, "dropped_identical_steps": next_step.identical if next_step is not None else 0}
     return metrics

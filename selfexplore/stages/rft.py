@@ -17,16 +17,16 @@ from selfexplore.train import train_sft
 
 
 def training_rows(cfg: RunConfig, run_dir: RunDir) -> Iterator[dict]:
-    """The RFT set, read as it is trained on (it holds whole solutions: at scale, gigabytes as Python), then the
-    gold solutions when `rft.include_gold`."""
+    """The RFT set, read as it is trained on (whole solutions: at the paper's scale 114 MB of JSON, a gigabyte as
+    Python objects), then the gold solutions when `rft.include_gold`."""
     for row in iter_jsonl(run_dir.path(RFT_SET)):
-        yield {"prompt": row["prompt"], "completion": row["completion"]}
+        yield {key: row[key] for key in ("prompt", "completion") if key in row}  # a row without one: tokenize_sft says which
     if cfg.rft.include_gold:
         yield from gold_rows(get_task(cfg.task.name).load("train", cfg.task))
 
 
 def run(cfg: RunConfig, run_dir: RunDir) -> dict:
-    if not cfg.rft.include_gold and not next(iter_jsonl(run_dir.path(RFT_SET)), None):
+    if not cfg.rft.include_gold and next(iter_jsonl(run_dir.path(RFT_SET)), None) is None:
         raise StageError("the RFT set is empty: the SFT model solved no training problem; train SFT longer")
     return train_sft(
         training_rows(cfg, run_dir), str(run_dir.path(BASE_MODEL)), run_dir.model_dir("rft"), cfg.rft,

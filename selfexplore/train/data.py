@@ -48,7 +48,7 @@ class Tokenized:
 
 
 class _TableBuilder:
-    """Appends examples column by column and turns every `BATCH_ROWS` of them into one Arrow chunk."""
+    """Appends examples column by column; `flush` turns those appended since the last one into an Arrow chunk."""
 
     def __init__(self, columns: tuple[str, ...]):
         self.columns = columns
@@ -56,7 +56,7 @@ class _TableBuilder:
         self.chunks: dict[str, list[pa.Array]] = {c: [] for c in columns}
 
     def append(self, *values: list[int]) -> None:
-        for column, ids in zip(self.columns, values):
+        for column, ids in zip(self.columns, values, strict=True):
             self.pending[column].append(ids)
 
     def flush(self) -> None:
@@ -89,18 +89,25 @@ def _batches(rows: Iterable[dict], keys: tuple[str, ...], what: str) -> Iterable
 
 
 def _ids(tokenizer: PreTrainedTokenizerBase, texts: list[str], special_tokens: bool) -> list[list[int]]:
-    return tokenizer(texts, add_special_tokens=special_tokens)["input_ids"]
+    return tokenizer(texts, add_special_tokens=special_tokens, return_attention_mask=False)["input_ids"]
+
+
+def _eos(tokenizer: PreTrainedTokenizerBase) -> int:
+    if tokenizer.eos_token_id is None:
+        raise DataError(f"the tokenizer ({tokenizer.name_or_path or type(tokenizer).__name__}) has no EOS token: set `eos_token` in its tokenizer_config.json")
+    return tokenizer.eos_token_id
 
 
 def tokenize_sft(rows: Iterable[dict], tokenizer: PreTrainedTokenizerBase, max_length: int) -> Tokenized:
     """`{prompt, completion}` rows -> `input_ids` and `labels` (prompt masked, completion + EOS trained)."""
+    eos = _eos(tokenizer)
     table = _TableBuilder(("input_ids", "labels"))
     dropped = 0
     for batch in _batches(rows, ("prompt", "completion"), "SFT data"):
         prompts = _ids(tokenizer, [r["prompt"] for r in batch], special_tokens=True)
         completions = _ids(tokenizer, [r["completion"] for r in batch], special_tokens=False)
-        for prompt, completion in zip(prompts, completions):
-            completion.append(tokenizer.eos_token_id)
+        for prompt, completion in zip(prompts, completions, strict=True):
+            completion.append(eos)
             if len(prompt) + len(completion) > max_length:
                 dropped += 1
                 continue
@@ -132,6 +139,7 @@ def tokenize_dpo(
     Which responses end with EOS depends on the pair's kind (`gets_eos`). A pair is dropped when
     its prompt exceeds `max_prompt_length` or prompt + the longer response exceeds `max_length`.
     """
+    eos = _eos(tokenizer)
     table = _TableBuilder(("prompt_ids", "chosen_ids", "rejected_ids"))
     too_long = empty = 0
     for batch in _batches(rows, ("prompt", "chosen", "rejected", "kind"), "DPO data"):
@@ -139,9 +147,9 @@ def tokenize_dpo(
         prompts = _ids(tokenizer, [r["prompt"] for r in batch], special_tokens=True)
         chosens = _ids(tokenizer, [r["chosen"] for r in batch], special_tokens=False)
         rejecteds = _ids(tokenizer, [r["rejected"] for r in batch], special_tokens=False)
-        for prompt, chosen, rejected, (chosen_eos, rejected_eos) in zip(prompts, chosens, rejecteds, ends):
-            chosen += [tokenizer.eos_token_id] if chosen_eos else []
-            rejected += [tokenizer.eos_token_id] if rejected_eos else []
+        for prompt, chosen, rejected, (chosen_eos, rejected_eos) in zip(prompts, chosens, rejecteds, ends, strict=True):
+            chosen += [eos] if chosen_eos else []
+            rejected += [eos] if rejected_eos else []
             if not rejected:
                 # E.g. a pit step cut to nothing upstream: it has no log-probability to push down.
                 empty += 1

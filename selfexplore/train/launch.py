@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pyarrow.compute as pc
 import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
@@ -140,10 +141,15 @@ def run_name(kind: str, cfg: TrainConfig, data: Tokenized, models: list[str | No
     digest = hashlib.sha256()
     identities = [_model_identity(m) for m in models if m]
     digest.update(json.dumps([kind, dataclasses.asdict(cfg), identities], sort_keys=True).encode())
+    # Each column as its examples' lengths, then all their token ids: the same examples give the same name however
+    # the table is chunked or sliced.
     for name in sorted(data.examples.column_names):
-        digest.update(name.encode())
-        for chunk in data.examples.column(name).chunks:  # the token ids and where each example starts
-            digest.update(chunk.offsets.to_numpy().tobytes() + chunk.values.to_numpy().tobytes())
+        column = data.examples.column(name)
+        digest.update(json.dumps([name, len(column)]).encode())
+        for chunk in column.chunks:
+            digest.update(pc.list_value_length(chunk).to_numpy().tobytes())
+        for chunk in column.chunks:
+            digest.update(chunk.flatten().to_numpy().tobytes())
     return f"{kind}-{digest.hexdigest()[:16]}"
 
 
