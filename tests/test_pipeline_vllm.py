@@ -20,8 +20,9 @@ from selfexplore.run_dir import OUTCOME_PAIRS, SAMPLES, RunDir, pipeline_stages
 from selfexplore.tasks import format_prompt
 
 REPO = Path(__file__).resolve().parents[1]
-# Two of the four evaluations: they share one code path, and each starts a vLLM engine (the suite's time budget).
-VLLM = ["engine.backend=vllm", "eval.models=[sft,dpo-step]"]
+# One of the four evaluations, the final model's: they share one code path, and each starts a vLLM engine (40 s
+# of the suite's time budget).
+VLLM = ["engine.backend=vllm", "eval.models=[dpo-step]"]
 
 
 def selfexplore(*args: str) -> subprocess.CompletedProcess:
@@ -54,8 +55,8 @@ def test_every_stage_runs_on_vllm_and_reports(vllm_run):
 
 def test_vllm_eval_equals_hf_greedy_on_the_same_model(vllm_run):
     run_dir, _ = vllm_run
-    rows = read_jsonl(run_dir.eval_results("sft"))
-    engine = load_engine(run_dir.model_dir("sft"), EngineConfig(backend="hf", dtype="float32"))
+    rows = read_jsonl(run_dir.eval_results("dpo-step"))
+    engine = load_engine(run_dir.model_dir("dpo-step"), EngineConfig(backend="hf", dtype="float32"))
     prompts = [engine.encode(format_prompt(r["question"])) for r in rows]
     outputs = engine.generate(prompts, [SamplingParams(max_tokens=80)] * len(rows))
     assert [r["completion"] for r in rows] == [out[0].text for out in outputs]
