@@ -71,7 +71,12 @@ def report_text(run_dir: RunDir, cfg: RunConfig, wall_s: float | None) -> str:
         )
     walls = {name: m["wall_s"] for name in STAGES if (m := run_dir.manifest(name))}
     this_run = f" (this invocation {wall_s:.0f}s)" if wall_s is not None else ""
-    lines += ["", "Stage wall times: " + ", ".join(f"{n} {w:.0f}s" for n, w in walls.items()) + this_run + ".", ""]
+    lines += ["", "Stage wall times: " + ", ".join(f"{n} {w:.0f}s" for n, w in walls.items()) + this_run + "."]
+    # Another machine trains another model from the same run and seed (`train.worker.hardware`): say which this was.
+    hardware = sorted({kind for m in metrics.values() for kind in m.get("hardware", [])})
+    if hardware:
+        lines.append("Trained on: " + "; ".join(hardware) + ".")
+    lines.append("")
     return "\n".join(lines)
 
 

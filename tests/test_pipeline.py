@@ -11,6 +11,7 @@ from selfexplore.cli import main as cli_main
 from selfexplore.config import load_config
 from selfexplore.io import read_jsonl
 from selfexplore.run_dir import OUTCOME_PAIRS, STAGES, STEP_PAIRS, TRAINED_MODELS, RunDir, stage_fingerprint
+from selfexplore.train.worker import hardware
 
 def test_pipeline_job_writes_every_stage_and_the_report(quick_run):
     run_dir, logs = quick_run.run_dir, quick_run.logs
@@ -28,6 +29,9 @@ def test_pipeline_job_writes_every_stage_and_the_report(quick_run):
     assert explore["step_pairs"] == len(read_jsonl(run_dir.path(STEP_PAIRS))) > 0 and explore["probes"] >= explore["rejected"]
     report = run_dir.report.read_text()
     assert "Self-Explore (step pairs)" in report and "95% CI" in report
+    # Every training stage says what it trained on (the model depends on it), and the report repeats it.
+    assert {run_dir.manifest(m)["metrics"]["hardware"][0] for m in TRAINED_MODELS} == {hardware()}
+    assert f"Trained on: {hardware()}." in report
     assert "| Self-Explore (step pairs) |" in logs  # the job printed the accuracy table, and we followed its logs
 
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
 import tempfile
 import time
 import warnings
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from pathlib import Path
 
 import deepspeed
@@ -115,9 +116,9 @@ def train_loop(config: dict) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
     # Adopt Ray Train's process group now: ZeRO-3 shards the weights while they load, before the Trainer would.
     deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
-    # Where the work ran, for the stage's manifest (on a cluster: which nodes trained).
+    # Where the work ran, for the stage's manifest (on a cluster: which nodes trained, on what hardware).
     nodes = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
+    torch.distributed.all_gather_object(nodes, (ray.get_runtime_context().get_node_id(), hardware()))
 
     restored = ray.train.get_checkpoint()
     with restored.as_directory() if restored else nullcontext() as restored_dir:
@@ -130,8 +131,33 @@ def train_loop(config: dict) -> None:
         with tempfile.TemporaryDirectory(prefix="selfexplore-train-") as work:
             trainer = _build_trainer(config, output_dir=work, resumed_from_step=resumed_from_step)
             result = trainer.train(resume_from_checkpoint=resume)
-            metrics = {**_metrics(trainer, result), "resumed_from_step": resumed_from_step, "nodes": sorted(set(nodes))}
+            metrics = {
+                **_metrics(trainer, result),
+                "resumed_from_step": resumed_from_step,
+                "nodes": sorted({node for node, _ in nodes}),
+                "hardware": sorted({kind for _, kind in nodes}),
+            }
             _report_final(trainer, metrics, work)
+
+
+def hardware() -> str:
+    """What this process trains on, as one line. The trained model depends on it, not only on the run and seed:
+    floating-point results differ between GPU models, and on CPUs between instruction sets (oneDNN computes bf16 with
+    AMX, AVX-512 BF16 or emulation, each rounding its own way), so the same run gives another model elsewhere."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}, torch {torch.__version__})"
+    model, flags = platform.processor() or platform.machine(), set()
+    with suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    bf16 = "AMX" if "amx_bf16" in flags else "AVX-512 BF16" if "avx512_bf16" in flags else "emulated"
+    limit = f", ONEDNN_MAX_CPU_ISA={os.environ['ONEDNN_MAX_CPU_ISA']}" if os.environ.get("ONEDNN_MAX_CPU_ISA") else ""
+    return f"{model} (torch {torch.__version__} {torch.backends.cpu.get_cpu_capability()} kernels, bf16 {bf16}{limit})"
 
 
 def _build_trainer(config: dict, output_dir: str, resumed_from_step: int):
