@@ -10,14 +10,22 @@ import sys
 from pathlib import Path
 
 from selfexplore.io import write_json
+from selfexplore.train.worker import hardware
 
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parents[1]
 
 
 def write_report(report: dict, name: str, out: str | Path = "") -> Path:
-    """Write `report` plus the machine (CPUs, platform, load average now) to `out`, or to `RESULTS/<name>.json`."""
-    machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(), "load_avg_after": os.getloadavg()[0]}
+    """Write `report` plus the machine (CPUs, what a training worker here computes on, platform, load average now)
+    to `out`, or to `RESULTS/<name>.json`: trained models, and so accuracies, differ between machines."""
+    machine = {
+        "cpus": os.cpu_count(),
+        "hardware": hardware(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "load_avg_after": os.getloadavg()[0],
+    }
     path = Path(out or RESULTS / f"{name}.json")
     write_json(path, {**report, "machine": machine})
     print(f"wrote {path}")
