@@ -222,6 +222,10 @@ class DPOConfig(TrainConfig):
     """Weight of a negative log-likelihood loss on the chosen responses added to the DPO loss (RPO: Pang et al.,
     2024); 0 is plain DPO, the paper's. Plain DPO can lower the chosen responses' likelihood along with the
     rejected ones', and with it greedy accuracy; the NLL term keeps the chosen likely."""
+    dpop_lambda: float = 0.0
+    """DPO-Positive (Pal et al., 2024): with lambda > 0 the sigmoid loss also pays lambda times how far the chosen
+    response's log-likelihood fell below the reference's, so DPO cannot widen the gap by lowering the chosen; 0 is
+    plain DPO. Needs `loss_type: sigmoid` and `sft_weight: 0` (one way at a time to keep the chosen likely)."""
     max_prompt_length: int = 512
     """Longest prompt in tokens (step-pair prompts hold the question and the steps before the pit)."""
 
@@ -428,6 +432,10 @@ def check_run(cfg: RunConfig, source: str) -> None:
             raise ConfigError(f"{source}: `{section}.batch_size`: {e}") from None
     if cfg.dpo.sft_weight < 0:
         raise ConfigError(f"{source}: `dpo.sft_weight` must be at least 0 (0 = plain DPO), got {cfg.dpo.sft_weight}")
+    if cfg.dpo.dpop_lambda < 0:
+        raise ConfigError(f"{source}: `dpo.dpop_lambda` must be at least 0 (0 = plain DPO), got {cfg.dpo.dpop_lambda}")
+    if cfg.dpo.dpop_lambda and (cfg.dpo.loss_type != "sigmoid" or cfg.dpo.sft_weight):
+        raise ConfigError(f"{source}: `dpo.dpop_lambda` needs `dpo.loss_type: sigmoid` and `dpo.sft_weight: 0`, got {cfg.dpo.loss_type!r} and {cfg.dpo.sft_weight}")
     if not 0.0 <= cfg.task.validation_fraction <= 0.5:
         raise ConfigError(f"{source}: `task.validation_fraction` must be between 0 and 0.5, got {cfg.task.validation_fraction}")
     arith = cfg.task.arith

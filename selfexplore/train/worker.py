@@ -54,8 +54,42 @@ class PretokenizedDPOTrainer(DPOTrainer):
     TRL's own preparation appends EOS to every rejected response; Self-Explore's step pairs must not have it.
     """
 
+    def __init__(self, *args, dpop_lambda: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.dpop_lambda = dpop_lambda
+
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         return dataset
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        """TRL's loss, or with `dpop_lambda` > 0 DPO-Positive's (`dpop_loss`), which TRL does not offer."""
+        if not self.dpop_lambda:
+            return super()._compute_loss(model, inputs, return_outputs)
+        completion = inputs["completion_mask"][:, 1:]
+        # TRL's fused head returns each next token's log-probability where the label is not -100.
+        labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
+        forward = dict(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=labels, use_cache=False, fused_lm_head=True)
+        logps = (model(**forward).log_probs[:, -completion.size(1) :] * completion).sum(dim=1)
+        with torch.no_grad():
+            ref_logps = (self.ref_model(**forward).log_probs[:, -completion.size(1) :] * completion).sum(dim=1)
+        chosen, rejected = (logps - ref_logps).chunk(2)
+        loss = dpop_loss(chosen, rejected, self.beta, self.dpop_lambda).mean()
+        # The rewards TRL logs for its own losses, which `ProgressCallback` reports.
+        metrics = self._metrics["train" if model.training else "eval"]
+        chosen_rewards, rejected_rewards = (self.accelerator.gather(self.beta * r.detach()) for r in (chosen, rejected))
+        metrics["rewards/chosen"].append(chosen_rewards.mean().item())
+        metrics["rewards/rejected"].append(rejected_rewards.mean().item())
+        metrics["rewards/accuracies"].append((chosen_rewards > rejected_rewards).float().mean().item())
+        metrics["rewards/margins"].append((chosen_rewards - rejected_rewards).mean().item())
+        return (loss, None) if return_outputs else loss
+
+
+def dpop_loss(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, beta: float, lam: float) -> torch.Tensor:
+    """DPO-Positive (Pal et al., 2024, "Smaug"), per pair: -log sigmoid(beta * (c - r - lam * max(0, -c))), where c
+    and r are the log-likelihood ratios policy/reference of the chosen and the rejected response. Plain DPO (lam = 0)
+    can widen the gap by lowering both, the chosen too, which happens when the two differ in a few tokens (a step pair:
+    `3 + 4 = 8` against `3 + 4 = 7`); the penalty makes a chosen response that falls below the reference cost."""
+    return -torch.nn.functional.logsigmoid(beta * (chosen_logratios - rejected_logratios - lam * torch.relu(-chosen_logratios)))
 
 
 class ProgressCallback(TrainerCallback):
@@ -182,6 +216,7 @@ def _build_trainer(config: dict, output_dir: str, resumed_from_step: int):
             train_dataset=dataset,
             processing_class=tokenizer,
             callbacks=callbacks,
+            dpop_lambda=cfg.dpop_lambda,
         )
     trainer.remove_callback(PrinterCallback)  # prints every log dict; ProgressCallback logs one line
     return prepare_trainer(trainer)
