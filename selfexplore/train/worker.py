@@ -151,8 +151,8 @@ def train_loop(config: dict) -> None:
     # Adopt Ray Train's process group now: ZeRO-3 shards the weights while they load, before the Trainer would.
     deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
     # Where the work ran, for the stage's manifest (on a cluster: which nodes trained, on what hardware).
-    nodes = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(nodes, (ray.get_runtime_context().get_node_id(), hardware()))
+    workers = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(workers, (ray.get_runtime_context().get_node_id(), hardware()))
 
     restored = ray.train.get_checkpoint()
     with restored.as_directory() if restored else nullcontext() as restored_dir:
@@ -168,8 +168,8 @@ def train_loop(config: dict) -> None:
             metrics = {
                 **_metrics(trainer, result),
                 "resumed_from_step": resumed_from_step,
-                "nodes": sorted({node for node, _ in nodes}),
-                "hardware": sorted({kind for _, kind in nodes}),
+                "nodes": sorted({node for node, _ in workers}),
+                "hardware": sorted({kind for _, kind in workers}),
             }
             _report_final(trainer, metrics, work)
 
