@@ -1,6 +1,6 @@
 """Does Self-Explore help? The tiny pipeline over several seeds, with paired differences between its models.
 
-    python bench/method.py                          # configs/tiny.yaml, seeds 0,1,2: ~45 minutes on 2 cores
+    python bench/method.py                          # configs/tiny.yaml, seeds 0,1,2: ~70 minutes on 2 cores
     python bench/method.py --seeds 0,1,2,3,4 dpo.learning_rate=2e-5    # any override applies to every seed
     python bench/method.py dpo.beta=0.3 --output-dir runs/method-beta0.3 --start-from runs/method --out bench/results/method-beta0.3.json
 
