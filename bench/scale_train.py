@@ -95,14 +95,14 @@ class DatasetReader:
     """What a Ray Train worker does with the examples before training: its dataset, read a batch at a time."""
 
     def __init__(self):
-        from selfexplore.train.worker import _dataset  # noqa: F401  (TRL, DeepSpeed: in the baseline, not the data)
+        from selfexplore.train.worker import examples_dataset  # noqa: F401  (TRL, DeepSpeed: in the baseline, not the data)
 
     def read(self, refs: list) -> dict:
-        from selfexplore.train.worker import _dataset
+        from selfexplore.train.worker import examples_dataset
 
         process = psutil.Process()
         before = process.memory_full_info()
-        dataset = _dataset(ray.get(refs[0]))
+        dataset = examples_dataset(ray.get(refs[0]))
         tokens = 0
         for batch in dataset.iter(batch_size=64):
             tokens += sum(len(ids) for column in batch.values() for ids in column)

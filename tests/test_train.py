@@ -11,8 +11,6 @@ import pyarrow as pa
 import pytest
 import torch
 from safetensors.torch import load_file
-from datasets import Dataset
-from datasets.table import InMemoryTable
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig as TRLDPOConfig
 
@@ -25,7 +23,7 @@ from selfexplore.train import train_dpo, train_sft
 from selfexplore.train.data import BATCH_ROWS, IGNORE_INDEX, Tokenized, gets_eos, tokenize_dpo, tokenize_sft
 from selfexplore.train.launch import run_name
 from selfexplore.train.metrics_log import MetricsLog
-from selfexplore.train.worker import PretokenizedDPOTrainer, dpop_loss
+from selfexplore.train.worker import PretokenizedDPOTrainer, dpop_loss, examples_dataset
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +174,7 @@ def test_dpo_positive_loss_is_dpo_plus_a_penalty_on_a_chosen_response_below_the_
             weight.add_(0.05 * torch.randn_like(weight))
     lam, beta = 5.0, 0.1
     args = TRLDPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, beta=beta, use_cpu=True, report_to="none")
-    dataset = Dataset(InMemoryTable(tokenize_dpo(rows, tokenizer, 256, 192).examples))
+    dataset = examples_dataset(tokenize_dpo(rows, tokenizer, 256, 192).examples)
     trainer = PretokenizedDPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=dataset, processing_class=tokenizer, dpop_lambda=lam)
     batch = next(iter(trainer.get_train_dataloader()))
     policy.eval()

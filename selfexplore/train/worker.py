@@ -69,9 +69,13 @@ class PretokenizedDPOTrainer(DPOTrainer):
         # TRL's fused head returns each next token's log-probability where the label is not -100.
         labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
         forward = dict(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=labels, use_cache=False, fused_lm_head=True)
-        logps = (model(**forward).log_probs[:, -completion.size(1) :] * completion).sum(dim=1)
+
+        def completion_logps(m) -> torch.Tensor:
+            return (m(**forward).log_probs[:, -completion.size(1) :] * completion).sum(dim=1)
+
+        logps = completion_logps(model)
         with torch.no_grad():
-            ref_logps = (self.ref_model(**forward).log_probs[:, -completion.size(1) :] * completion).sum(dim=1)
+            ref_logps = completion_logps(self.ref_model)
         chosen, rejected = (logps - ref_logps).chunk(2)
         loss = dpop_loss(chosen, rejected, self.beta, self.dpop_lambda).mean()
         # The rewards TRL logs for its own losses, which `ProgressCallback` reports.
@@ -197,7 +201,7 @@ def hardware() -> str:
 def _build_trainer(config: dict, output_dir: str, resumed_from_step: int):
     cfg: TrainConfig = config["cfg"]
     kind = config["kind"]
-    dataset = _dataset(ray.get(config["examples"]))
+    dataset = examples_dataset(ray.get(config["examples"]))
     tokenizer = AutoTokenizer.from_pretrained(config["init_model_dir"])
     # The arguments come first: under ZeRO-3 they make `from_pretrained` load the weights already sharded.
     args = _trl_args(kind, cfg, output_dir)
@@ -222,7 +226,8 @@ def _build_trainer(config: dict, output_dir: str, resumed_from_step: int):
     return prepare_trainer(trainer)
 
 
-def _dataset(examples: pa.Table) -> Dataset:
+def examples_dataset(examples: pa.Table) -> Dataset:
+    """The tokenised examples as the `datasets.Dataset` that TRL's trainers take."""
     # The table as it came from the object store (shared memory, no copy). A fingerprint computed by `datasets`
     # would pickle the table with dill, which disassembles a function through `print`, and Ray Train's print patch
     # then sends the bytecode to the logs. Nothing here is cached on disk, so a random fingerprint does.
