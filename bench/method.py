@@ -3,6 +3,7 @@
     python bench/method.py                          # configs/tiny.yaml, seeds 0,1,2: ~70 minutes on 2 cores
     python bench/method.py --seeds 0,1,2,3,4 dpo.learning_rate=2e-5    # any override applies to every seed
     python bench/method.py dpo.beta=0.3 --output-dir runs/method-beta0.3 --start-from runs/method --out bench/results/method-beta0.3.json
+    python bench/method.py task.arith.n_test=12000 --confirm-from 2000 --pair-formats full --out bench/results/method-confirm.json
 
 A seed changes initialisation (`model.tiny.seed`), the training data order (`sft/rft/dpo.seed`) and every sample and
 probe (`sample.seed`, `explore.seed`); everything else is the config's. Seed 0 is the config itself (`make demo`).
@@ -18,7 +19,11 @@ step-pair format (`--pair-formats`, default `full,next_step`) runs on a copy of 
   tuned on) and the test split (reported once);
 - arith only: the share of problems solved with every step right (`selfexplore.tasks.arith.first_wrong_step`), per
   model, and the paired differences counted that way (`paired_every_step_right`, test): a lucky answer is no credit;
-- what DPO did: final loss, reward margin and accuracy, pairs trained on.
+- what DPO did: final loss, reward margin and accuracy, pairs trained on;
+- with `--confirm-from N`: the same test differences on test problems N.. alone (`paired_confirm`). arith draws
+  its test problems after the training ones from one stream, so raising `task.arith.n_test` keeps the training
+  data, the models and the first test problems, and adds problems no earlier run was scored on: a confirmatory
+  test of a config chosen before they existed.
 
 Writes `bench/results/method.json`.
 """
@@ -84,6 +89,10 @@ def main() -> None:
     )
     parser.add_argument("--pair-formats", default="full,next_step", help="explore.pair_format values; the first is the main one")
     parser.add_argument("--out", default="")
+    parser.add_argument(
+        "--confirm-from", type=int, default=0,
+        help="also report the test differences on test problems from this index on (problems no earlier run was scored on)",
+    )
     args = parser.parse_args()
 
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -120,13 +129,16 @@ def main() -> None:
     pairs = dict(PAIRS)
     for f in other_formats:
         pairs |= {f"{f}-rft": ("rft", f"dpo-step:{f}"), f"{f}-outcome": ("dpo-outcome", f"dpo-step:{f}"), f"{f}-step": ("dpo-step", f"dpo-step:{f}")}
-    paired, paired_validation, paired_every_step_right = {}, {}, {}
+    paired, paired_validation, paired_every_step_right, paired_confirm = {}, {}, {}, {}
+    comparisons = [("test", False, 0, paired), ("validation", False, 0, paired_validation)]
+    if arith:
+        comparisons.append(("test", True, 0, paired_every_step_right))
+    if args.confirm_from:
+        comparisons.append(("test", False, args.confirm_from, paired_confirm))
     for name, (a, b) in pairs.items():
-        for split, right, out in (("test", False, paired), ("validation", False, paired_validation), ("test", True, paired_every_step_right)):
-            if right and not arith:
-                continue
-            pooled = paired_difference([outcomes(a, s, split, right) for s in seeds], [outcomes(b, s, split, right) for s in seeds])
-            per_seed = [paired_difference([outcomes(a, s, split, right)], [outcomes(b, s, split, right)])["mean"] for s in seeds]
+        for split, right, first, out in comparisons:
+            pooled = paired_difference([outcomes(a, s, split, right)[first:] for s in seeds], [outcomes(b, s, split, right)[first:] for s in seeds])
+            per_seed = [paired_difference([outcomes(a, s, split, right)[first:]], [outcomes(b, s, split, right)[first:]])["mean"] for s in seeds]
             out[name] = {**pooled, "per_seed": per_seed}
     keys = ("examples", "dropped_identical_steps", "first_loss", "final_loss", "rewards/margins", "rewards/accuracies")
     dpo = {}
@@ -137,7 +149,10 @@ def main() -> None:
             metrics = run_dir.manifest(stage)["metrics"]
             dpo[model].append({key: metrics[key] for key in keys if key in metrics})
     report = {
-        "command": "python bench/method.py " + " ".join([f"--config {args.config}", f"--seeds {args.seeds}", f"--pair-formats {args.pair_formats}", *args.overrides]),
+        "command": "python bench/method.py " + " ".join([
+            f"--config {args.config}", f"--seeds {args.seeds}", f"--pair-formats {args.pair_formats}",
+            *([f"--confirm-from {args.confirm_from}"] if args.confirm_from else []), *args.overrides,
+        ]),
         "pair_format": main_format,
         "seeds": seeds,
         "wall_s": round(time.time() - start),
@@ -150,10 +165,14 @@ def main() -> None:
         "paired_every_step_right": paired_every_step_right,
         "dpo": dpo,
     }
+    if args.confirm_from:
+        report["confirm_from"] = args.confirm_from
+        report["paired_confirm"] = paired_confirm
     write_report(report, "method", args.out)
-    for name, result in paired.items():
-        lo, hi = result["ci95"]
-        print(f"{name}: {100 * result['mean']:+.1f} points (95% CI {100 * lo:+.1f} to {100 * hi:+.1f}), per seed {[round(100 * m, 1) for m in result['per_seed']]}")
+    for title, results in (("test", paired), (f"test problems {args.confirm_from}..", paired_confirm)):
+        for name, result in results.items():
+            lo, hi = result["ci95"]
+            print(f"{title}, {name}: {100 * result['mean']:+.1f} points (95% CI {100 * lo:+.1f} to {100 * hi:+.1f}), per seed {[round(100 * m, 1) for m in result['per_seed']]}")
 
 
 if __name__ == "__main__":
