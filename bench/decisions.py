@@ -58,12 +58,14 @@ def parting(a: str, b: str) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
-def greedy_errors(run: RunDir) -> list[dict]:
-    """For each problem RFT's greedy solution gets wrong: the prefix up to its first wrong character, the right
-    character and the one RFT wrote (`\\n` where a step ends early or runs on), and whether it is a result digit."""
-    points = []
+def greedy_errors(run: RunDir) -> tuple[list[dict], int]:
+    """For each validation and test problem RFT's greedy solution gets wrong: the prefix up to its first wrong
+    character, the right character (`\\n` where the right step ends) and the one RFT wrote (None where it stopped),
+    and whether it is a digit of the step's result. Also the number of problems evaluated."""
+    points, problems = [], 0
     for split in SPLITS:
         for row in read_jsonl(run.eval_results("rft", split)):
+            problems += 1
             text = row["completion"]
             step = first_wrong_step(row["question"], text)
             if row["correct"] or step is None:
@@ -74,24 +76,28 @@ def greedy_errors(run: RunDir) -> list[dict]:
             stated = stated.strip()
             right = max(right_steps(row["question"], step), key=lambda form: parting(form, stated))  # wrong, so they part
             at = parting(right, stated)
+            cut = start + indent + at
             points.append({
-                "prefix": format_prompt(row["question"]) + text[: start + indent + at],
+                "prefix": format_prompt(row["question"]) + text[:cut],
                 "right": right[at] if at < len(right) else "\n",
-                "stated": stated[at] if at < len(stated) else "\n",
+                "stated": text[cut] if cut < len(text) else None,  # None: the completion ended there
                 "in_result": "=" in right[:at],
             })
-    return points
+    return points, problems
 
 
-def pair_partings(run: RunDir, pairs_file) -> list[dict]:
-    """Each training pair's first parting character: prefix, the chosen's character, the rejected's character."""
+def pair_partings(run: RunDir, pairs_file) -> tuple[list[dict], int]:
+    """Each training pair's first parting character (prefix, the chosen's character, the rejected's character), and
+    the number of pairs. A pair whose rejected response is the chosen's beginning has none: a step pair whose chosen
+    completion passed through the rejected pit step itself and still reached the answer."""
+    pairs = read_jsonl(run.path(pairs_file))
     points = []
-    for pair in read_jsonl(run.path(pairs_file)):
+    for pair in pairs:
         at = parting(pair["chosen"], pair["rejected"])
         if at is None or at >= len(pair["chosen"]) or at >= len(pair["rejected"]):
-            continue  # one response is the other's beginning: no character to compare
+            continue
         points.append({"prefix": pair["prompt"] + pair["chosen"][:at], "right": pair["chosen"][at], "stated": pair["rejected"][at]})
-    return points
+    return points, len(pairs)
 
 
 @torch.inference_mode()
@@ -101,7 +107,8 @@ def probabilities(model, tokenizer, points: list[dict]) -> list[tuple[float, flo
     for point in points:
         ids = tokenizer(point["prefix"], return_tensors="pt").input_ids
         probs = model(ids).logits[0, -1].float().softmax(-1)
-        out.append(tuple(probs[tokenizer.convert_tokens_to_ids(point[key])].item() for key in ("right", "stated")))
+        chars = (point["right"], point["stated"] or tokenizer.eos_token)
+        out.append(tuple(probs[tokenizer.convert_tokens_to_ids(char)].item() for char in chars))
     return out
 
 
@@ -125,17 +132,15 @@ def measure(run_path: str) -> dict:
     run, _ = RunDir.open(run_path)
     tokenizer = AutoTokenizer.from_pretrained(run.model_dir("rft"))
     models = {name: AutoModelForCausalLM.from_pretrained(run.model_dir(name), dtype=torch.float32).eval() for name in ("rft", *DPO_MODELS)}
-    sets = {
-        "greedy_errors": greedy_errors(run),
-        "outcome_pairs": pair_partings(run, OUTCOME_PAIRS),
-        "step_pairs": pair_partings(run, STEP_PAIRS),
-    }
+    # Each set: its points and how many problems (greedy errors) or pairs they came from.
+    sets = {"greedy_errors": greedy_errors(run), "outcome_pairs": pair_partings(run, OUTCOME_PAIRS), "step_pairs": pair_partings(run, STEP_PAIRS)}
     report = {}
-    for name, points in sets.items():
+    for name, (points, out_of) in sets.items():
         probs = {model: probabilities(models[model], tokenizer, points) for model in models}
         p_right = [p[0] for p in probs["rft"]]
         entry = {
             "n": len(points),
+            "out_of": out_of,
             "rft_p_right_median": statistics.median(p_right),
             "rft_p_stated_median": statistics.median(p[1] for p in probs["rft"]),
             "rft_prefers_right": sum(p[0] > p[1] for p in probs["rft"]) / len(points),
