@@ -1,15 +1,17 @@
 """Where DPO would have to act on arith, and how far it moves there.
 
-    python bench/decisions.py runs/method-confirm/seed-{0,1,2}    # the config's three seeds, 12,400 problems each
+    OMP_NUM_THREADS=2 python bench/decisions.py runs/method-confirm/seed-{0,1,2}    # the config's three seeds
     python bench/decisions.py runs/tiny                            # the demo's run
 
 A greedy solution goes wrong at one character: the first character of its first wrong step that differs from the
-right step (`v op n = r`, `The answer is v`), nearly always a digit of the result. For each problem of the run's
+right step (`v op n = r`, `The answer is v`), usually a digit of the step's result. For each problem of the run's
 validation and test sets that the RFT model solves wrongly, this reads off, at that character and with RFT's own
 prefix, the probability of the right character and of the one RFT wrote, under RFT and under each DPO model
 (`dpo-outcome`, `dpo-step`, trained from RFT): is the right answer a near miss, how far DPO moved it, and how many
 of these decisions it turned (the right character now the likelier). The same at the first character where each
-training pair's chosen and rejected responses part: how far DPO moved the decisions it was trained on.
+training pair's chosen and rejected responses part, with the chosen's character in the place of the right one (it
+is not checked against the truth): how far DPO moved the decisions it was trained on, and how often RFT already
+preferred the chosen character there.
 
 Writes `bench/results/decisions.json`.
 """
@@ -27,7 +29,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from selfexplore.io import read_jsonl
-from selfexplore.run_dir import OUTCOME_PAIRS, STEP_PAIRS, RunDir
+from selfexplore.run_dir import OUTCOME_PAIRS, STEP_PAIRS, Artifact, RunDir
 from selfexplore.tasks import format_prompt
 from selfexplore.tasks.arith import APPLY, first_wrong_step, operations, split_steps
 
@@ -60,8 +62,8 @@ def parting(a: str, b: str) -> int | None:
 
 def greedy_errors(run: RunDir) -> tuple[list[dict], int]:
     """For each validation and test problem RFT's greedy solution gets wrong: the prefix up to its first wrong
-    character, the right character (`\\n` where the right step ends) and the one RFT wrote (None where it stopped),
-    and whether it is a digit of the step's result. Also the number of problems evaluated."""
+    character, the right character and the one RFT wrote (None: the end of the sequence), and whether it lies in an
+    equation's result (a digit, or the result's end). Also the number of problems evaluated."""
     points, problems = [], 0
     for split in SPLITS:
         for row in read_jsonl(run.eval_results("rft", split)):
@@ -77,26 +79,29 @@ def greedy_errors(run: RunDir) -> tuple[list[dict], int]:
             right = max(right_steps(row["question"], step), key=lambda form: parting(form, stated))  # wrong, so they part
             at = parting(right, stated)
             cut = start + indent + at
+            ends_solution = step > len(operations(row["question"])[1])  # the answer line: EOS follows it
             points.append({
                 "prefix": format_prompt(row["question"]) + text[:cut],
-                "right": right[at] if at < len(right) else "\n",
+                "right": right[at] if at < len(right) else (None if ends_solution else "\n"),
                 "stated": text[cut] if cut < len(text) else None,  # None: the completion ended there
                 "in_result": "=" in right[:at],
             })
     return points, problems
 
 
-def pair_partings(run: RunDir, pairs_file) -> tuple[list[dict], int]:
-    """Each training pair's first parting character (prefix, the chosen's character, the rejected's character), and
-    the number of pairs. A pair whose rejected response is the chosen's beginning has none: a step pair whose chosen
-    completion passed through the rejected pit step itself and still reached the answer."""
+def pair_partings(run: RunDir, pairs_file: Artifact, whole_responses: bool) -> tuple[list[dict], int]:
+    """Each training pair's first parting character (prefix, the chosen's character as `right`, the rejected's as
+    `stated`; None: the end of the sequence), and the number of pairs. `whole_responses`: both responses are trained
+    to end there (outcome pairs); a step pair's rejected response is one step, so where it is the chosen's
+    beginning there is no parting character: the chosen completion passed through the rejected pit step itself."""
     pairs = read_jsonl(run.path(pairs_file))
     points = []
     for pair in pairs:
-        at = parting(pair["chosen"], pair["rejected"])
-        if at is None or at >= len(pair["chosen"]) or at >= len(pair["rejected"]):
+        chosen, rejected = pair["chosen"], pair["rejected"]
+        at = parting(chosen, rejected)
+        if at is None or (not whole_responses and at >= min(len(chosen), len(rejected))):
             continue
-        points.append({"prefix": pair["prompt"] + pair["chosen"][:at], "right": pair["chosen"][at], "stated": pair["rejected"][at]})
+        points.append({"prefix": pair["prompt"] + chosen[:at], "right": chosen[at] if at < len(chosen) else None, "stated": rejected[at] if at < len(rejected) else None})
     return points, len(pairs)
 
 
@@ -107,14 +112,15 @@ def probabilities(model, tokenizer, points: list[dict]) -> list[tuple[float, flo
     for point in points:
         ids = tokenizer(point["prefix"], return_tensors="pt").input_ids
         probs = model(ids).logits[0, -1].float().softmax(-1)
-        chars = (point["right"], point["stated"] or tokenizer.eos_token)
+        chars = (point["right"] or tokenizer.eos_token, point["stated"] or tokenizer.eos_token)
         out.append(tuple(probs[tokenizer.convert_tokens_to_ids(char)].item() for char in chars))
     return out
 
 
 def movement(before: list[tuple[float, float]], after: list[tuple[float, float]]) -> dict:
     """How a DPO model moved the decisions RFT made: mean change of p(right) with a 95% interval, the share raised,
-    and how many decisions RFT got wrong it now gets right (and, where RFT was right, wrong)."""
+    and how many decisions RFT got wrong it now gets right (and, where RFT was right, wrong; at greedy errors RFT's
+    written character is its likeliest, so none was right)."""
     change = [a[0] - b[0] for b, a in zip(before, after)]
     mean = statistics.fmean(change)
     half = 1.96 * statistics.stdev(change) / len(change) ** 0.5
@@ -129,11 +135,13 @@ def movement(before: list[tuple[float, float]], after: list[tuple[float, float]]
 
 
 def measure(run_path: str) -> dict:
+    """The three sets of decisions of one run (greedy errors, outcome pairs, step pairs), each under RFT and both DPO
+    models."""
     run, _ = RunDir.open(run_path)
     tokenizer = AutoTokenizer.from_pretrained(run.model_dir("rft"))
     models = {name: AutoModelForCausalLM.from_pretrained(run.model_dir(name), dtype=torch.float32).eval() for name in ("rft", *DPO_MODELS)}
     # Each set: its points and how many problems (greedy errors) or pairs they came from.
-    sets = {"greedy_errors": greedy_errors(run), "outcome_pairs": pair_partings(run, OUTCOME_PAIRS), "step_pairs": pair_partings(run, STEP_PAIRS)}
+    sets = {"greedy_errors": greedy_errors(run), "outcome_pairs": pair_partings(run, OUTCOME_PAIRS, True), "step_pairs": pair_partings(run, STEP_PAIRS, False)}
     report = {}
     for name, (points, out_of) in sets.items():
         probs = {model: probabilities(models[model], tokenizer, points) for model in models}
