@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -54,10 +53,7 @@ def right_steps(question: str, step: int) -> list[str]:
 
 def parting(a: str, b: str) -> int | None:
     """The index of the first character where `a` and `b` differ (the shorter one's end counts), or None if equal."""
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))
+    return None if a == b else len(os.path.commonprefix([a, b]))
 
 
 def greedy_errors(run: RunDir) -> tuple[list[dict], int]:
@@ -79,10 +75,10 @@ def greedy_errors(run: RunDir) -> tuple[list[dict], int]:
             right = max(right_steps(row["question"], step), key=lambda form: parting(form, stated))  # wrong, so they part
             at = parting(right, stated)
             cut = start + indent + at
-            ends_solution = step > len(operations(row["question"])[1])  # the answer line: EOS follows it
             points.append({
                 "prefix": format_prompt(row["question"]) + text[:cut],
-                "right": right[at] if at < len(right) else (None if ends_solution else "\n"),
+                # After a right equation comes a newline; after the answer line, the end of the sequence.
+                "right": right[at] if at < len(right) else ("\n" if "=" in right else None),
                 "stated": text[cut] if cut < len(text) else None,  # None: the completion ended there
                 "in_result": "=" in right[:at],
             })
@@ -169,7 +165,6 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", help="finished arith run directories (each with rft, dpo-outcome, dpo-step and their evals)")
     parser.add_argument("--out", default="", help="where to write the JSON (default bench/results/decisions.json)")
     args = parser.parse_args()
-    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     runs = {path: measure(path) for path in args.runs}
     write_report({"command": "python bench/decisions.py " + " ".join(args.runs), "runs": runs}, "decisions", args.out)
 
