@@ -3,6 +3,7 @@
     python bench/onpolicy.py runs/method-confirm --out-dir runs/onpolicy-prep      # seeds 0,1,2 of a method.py run
     python bench/method.py task.arith.n_test=12000 --pair-formats full --confirm-from 2000 \
         --start-from runs/onpolicy-prep --output-dir runs/onpolicy --out bench/results/tuning/onpolicy-rft-samples.json
+    python bench/onpolicy.py runs/onpolicy-prep --rejected greedy --out-dir runs/onpolicy-greedy-prep   # RFT's samples reused
 
 The paper (and the pipeline) pair the SFT model's samples; `bench/decisions.py` found that RFT already prefers the
 chosen character at 71-83% of those pairs, so they push against characters RFT would not write. Here each seed's
@@ -12,11 +13,17 @@ built from those samples by the `select` stage's functions and put in place of `
 `explore`, `dpo-*` and their evaluations are left out, so `bench/method.py --start-from OUT_DIR` runs them on the
 new pairs: step pairs are explored from RFT's own rejected solutions, outcome DPO trains on RFT's own pairs, and
 both are compared with the same RFT model as before.
+
+With `--rejected greedy`, each problem's rejected solution is RFT's greedy one (when wrong and complete), paired
+with the first distinct correct sample: at the pairs above RFT still prefers the chosen character at 71-79% of them
+(a sample at 0.7 slips where greedy decoding would not), while a greedy error is by construction the character
+greedy decoding writes. One pair per problem at most.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -34,19 +41,32 @@ from selfexplore.stages.select import build_outcome_pairs, build_rft_set
 DOWNSTREAM = ("explore", "dpo-outcome", "dpo-step", "eval/dpo-outcome", "eval/dpo-step", "report", "report.md")
 
 
-def prepare(source: Path, target: Path) -> dict:
+def sample_from_rft(cfg, target: Path, root: str, sample_cfg) -> tuple[RunDir, dict]:
+    """The `sample` stage's samples, from the RFT model of the run at `target`, in `target/root`."""
+    # A run root of its own whose "SFT model" is the RFT model: the sample stage then samples from RFT.
+    policy = RunDir(target / root)
+    if not policy.path(model("sft")).exists():  # a copy of an earlier preparation has it, and its samples: resumed
+        policy.path(model("sft")).parent.mkdir(parents=True)
+        policy.path(model("sft")).symlink_to(RunDir(target).path(model("rft")).resolve())
+    return policy, sample.run(dataclasses.replace(cfg, sample=sample_cfg), policy)
+
+
+def prepare(source: Path, target: Path, rejected: str) -> dict:
     """Copy `source` without the stages after `rft`, sample from its RFT model, and replace the outcome pairs."""
     shutil.copytree(source, target, ignore=lambda d, names: [n for n in names if os.path.relpath(Path(d) / n, source) in DOWNSTREAM])
     cfg = load_config(str(target / "config.yaml"), [])
-    # A run root of its own whose "SFT model" is the RFT model: the sample stage then samples from RFT.
-    policy = RunDir(target / "rft-samples")
-    policy.path(model("sft")).parent.mkdir(parents=True)
-    policy.path(model("sft")).symlink_to(RunDir(target).path(model("rft")).resolve())
     init_ray(cfg)
-    metrics = sample.run(cfg, policy)
+    policy, metrics = sample_from_rft(cfg, target, "rft-samples", cfg.sample)
+    results = iter_results(policy.path(SAMPLES))
+    if rejected == "greedy":
+        greedy, greedy_metrics = sample_from_rft(cfg, target, "rft-greedy", dataclasses.replace(cfg.sample, n=1, temperature=0.0))
+        metrics["greedy_accuracy"] = greedy_metrics["sample_accuracy"]
+        # Both in problem order (sealed shards): the wrong greedy solution is the only candidate for rejected.
+        results = ({**result, "rejected_from": g["samples"]} for result, g in zip(results, iter_results(greedy.path(SAMPLES)), strict=True))
     pairs = []
-    for result in iter_results(policy.path(SAMPLES)):
-        pairs += build_outcome_pairs(result["samples"], build_rft_set(result["samples"], cfg.select.max_rft_per_problem))
+    for result in results:
+        chosen = build_rft_set(result["samples"], cfg.select.max_rft_per_problem)
+        pairs += build_outcome_pairs(result.get("rejected_from", result["samples"]), chosen)
     write_jsonl(RunDir(target).path(OUTCOME_PAIRS), pairs)
     summary = {**metrics, "outcome_pairs": len(pairs), "problems_with_pairs": len({p["id"] for p in pairs})}
     write_json(policy.root / "summary.json", summary)
@@ -58,6 +78,7 @@ def main() -> None:
     parser.add_argument("runs", help="a bench/method.py --output-dir: its seed-<s> runs, finished up to rft")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--out-dir", default="runs/onpolicy-prep")
+    parser.add_argument("--rejected", choices=("sampled", "greedy"), default="sampled", help="the rejected solutions: RFT's samples, or its greedy solution")
     args = parser.parse_args()
     for seed in args.seeds.split(","):
         target = Path(args.out_dir) / f"seed-{seed}"
@@ -65,7 +86,7 @@ def main() -> None:
             print(f"seed {seed}: done before, {target}")
             continue
         shutil.rmtree(target, ignore_errors=True)
-        summary = prepare(Path(args.runs) / f"seed-{seed}", target)
+        summary = prepare(Path(args.runs) / f"seed-{seed}", target, args.rejected)
         print(f"seed {seed}: RFT samples {summary['sample_accuracy']:.3f} correct, {summary['outcome_pairs']} outcome pairs, {target}", flush=True)
 
 
