@@ -30,7 +30,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from selfexplore.config import load_config
+from selfexplore.config import RunConfig, SampleConfig, load_config
 from selfexplore.io import write_json, write_jsonl
 from selfexplore.pipeline import init_ray
 from selfexplore.rollout import iter_results
@@ -41,7 +41,7 @@ from selfexplore.stages.select import build_outcome_pairs, build_rft_set
 DOWNSTREAM = ("explore", "dpo-outcome", "dpo-step", "eval/dpo-outcome", "eval/dpo-step", "report", "report.md")
 
 
-def sample_from_rft(cfg, target: Path, root: str, sample_cfg) -> tuple[RunDir, dict]:
+def sample_from_rft(cfg: RunConfig, target: Path, root: str, sample_cfg: SampleConfig) -> tuple[RunDir, dict]:
     """The `sample` stage's samples, from the RFT model of the run at `target`, in `target/root`."""
     # A run root of its own whose "SFT model" is the RFT model: the sample stage then samples from RFT.
     policy = RunDir(target / root)
@@ -51,22 +51,26 @@ def sample_from_rft(cfg, target: Path, root: str, sample_cfg) -> tuple[RunDir, d
     return policy, sample.run(dataclasses.replace(cfg, sample=sample_cfg), policy)
 
 
+def build_pairs(sampled: RunDir, rejected_from: RunDir, max_rft_per_problem: int) -> list[dict]:
+    """Outcome pairs: chosen from `sampled`'s correct samples, rejected from `rejected_from`'s wrong ones (the same
+    run, or the greedy solutions). Both are sealed, so in problem order."""
+    pairs = []
+    for result, candidates in zip(iter_results(sampled.path(SAMPLES)), iter_results(rejected_from.path(SAMPLES)), strict=True):
+        pairs += build_outcome_pairs(candidates["samples"], build_rft_set(result["samples"], max_rft_per_problem))
+    return pairs
+
+
 def prepare(source: Path, target: Path, rejected: str) -> dict:
     """Copy `source` without the stages after `rft`, sample from its RFT model, and replace the outcome pairs."""
     shutil.copytree(source, target, ignore=lambda d, names: [n for n in names if os.path.relpath(Path(d) / n, source) in DOWNSTREAM])
     cfg = load_config(str(target / "config.yaml"), [])
     init_ray(cfg)
     policy, metrics = sample_from_rft(cfg, target, "rft-samples", cfg.sample)
-    results = iter_results(policy.path(SAMPLES))
+    rejected_from = policy
     if rejected == "greedy":
-        greedy, greedy_metrics = sample_from_rft(cfg, target, "rft-greedy", dataclasses.replace(cfg.sample, n=1, temperature=0.0))
+        rejected_from, greedy_metrics = sample_from_rft(cfg, target, "rft-greedy", dataclasses.replace(cfg.sample, n=1, temperature=0.0))
         metrics["greedy_accuracy"] = greedy_metrics["sample_accuracy"]
-        # Both in problem order (sealed shards): the wrong greedy solution is the only candidate for rejected.
-        results = ({**result, "rejected_from": g["samples"]} for result, g in zip(results, iter_results(greedy.path(SAMPLES)), strict=True))
-    pairs = []
-    for result in results:
-        chosen = build_rft_set(result["samples"], cfg.select.max_rft_per_problem)
-        pairs += build_outcome_pairs(result.get("rejected_from", result["samples"]), chosen)
+    pairs = build_pairs(policy, rejected_from, cfg.select.max_rft_per_problem)
     write_jsonl(RunDir(target).path(OUTCOME_PAIRS), pairs)
     summary = {**metrics, "outcome_pairs": len(pairs), "problems_with_pairs": len({p["id"] for p in pairs})}
     write_json(policy.root / "summary.json", summary)
