@@ -254,6 +254,11 @@ class SelectConfig:
 
     max_rft_per_problem: int = 8
     """Most distinct correct solutions per problem in the RFT set (and outcome pairs per problem)."""
+    rejected_from: Literal["samples", "rft_greedy"] = "samples"
+    """The rejected side of the outcome pairs, which `explore` searches for pits and `dpo-outcome` trains on:
+    `samples`, the SFT model's wrong samples (the paper's D_pair); `rft_greedy`, the RFT model's own greedy
+    solution where it is wrong, paired with the problem's first correct sample (one pair per problem; the stage
+    `rft-greedy`). DPO starts from RFT, and RFT already prefers the chosen side of most SFT-sample pairs."""
 
 
 @dataclass

@@ -26,7 +26,7 @@ from selfexplore.errors import USER_ERRORS, StageError, root_cause
 from selfexplore.io import atomic_write, write_json
 from selfexplore.report import write_report
 from selfexplore.run_dir import STAGES, TRAINED_MODELS, RunDir, pipeline_stages, stage_fingerprint
-from selfexplore.stages import base, dpo, explore, rft, sample, select, sft
+from selfexplore.stages import base, dpo, explore, rft, rft_greedy, sample, select, sft
 from selfexplore.stages import eval as eval_stage
 from selfexplore.status import key_figure
 from selfexplore.tasks import get_task
@@ -38,6 +38,7 @@ RUNNERS: dict[str, Callable[[RunConfig, RunDir], dict]] = {
     "sample": sample.run,
     "select": select.run,
     "rft": rft.run,
+    "rft-greedy": rft_greedy.run,
     "explore": explore.run,
     "dpo-outcome": functools.partial(dpo.run, kind="outcome"),
     "dpo-step": functools.partial(dpo.run, kind="step"),
@@ -70,7 +71,7 @@ def run_stage(cfg: RunConfig, name: str) -> dict:
         console.say(f"[{name}] up to date ({manifest['wall_s']:.0f}s when it ran), skipping")
         return manifest
     stage = STAGES[name]
-    for need in stage.needs:
+    for need in stage.needs(cfg):
         if not run_dir.is_done(cfg, need):
             raise StageError(f"stage {name} needs stage {need} to be finished first: run `selfexplore run` or `selfexplore stage {need}`")
     started = run_dir.started(name)
@@ -97,7 +98,7 @@ def run_stage(cfg: RunConfig, name: str) -> dict:
     manifest = {
         "stage": name,
         "fingerprint": fp,
-        "inputs": {need: run_dir.manifest(need)["fingerprint"] for need in stage.needs},
+        "inputs": {need: run_dir.manifest(need)["fingerprint"] for need in stage.needs(cfg)},
         "config": [dataclasses.asdict(section) if dataclasses.is_dataclass(section) else section for section in stage.decided_by(cfg)],
         "metrics": metrics,
         "wall_s": time.time() - start,

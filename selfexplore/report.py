@@ -62,6 +62,12 @@ def report_text(run_dir: RunDir, cfg: RunConfig, wall_s: float | None) -> str:
             f"pass@{cfg.sample.n} {sampled['pass_at_n']:.1%}; {selected['rft_rows']} RFT rows, "
             f"{selected['outcome_pairs']} outcome pairs."
         )
+    if "rft-greedy" in metrics and cfg.select.rejected_from == "rft_greedy":
+        greedy = metrics["rft-greedy"]
+        lines.append(
+            f"On-policy outcome pairs (`select.rejected_from: rft_greedy`): RFT solved {greedy['greedy_accuracy']:.1%} of "
+            f"{greedy['problems']} training problems greedily; {greedy['outcome_pairs']} pairs of its wrong solutions, the ones explored and trained on."
+        )
     if "explore" in metrics:
         explored = metrics["explore"]
         lines.append(

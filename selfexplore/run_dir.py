@@ -7,7 +7,9 @@
       sft/model/   rft/model/   dpo-outcome/model/   dpo-step/model/
         (+ `train/`: Ray Train checkpoints, `metrics.jsonl` and `tensorboard/`: every logged training step)
       sample/samples/rows-*.jsonl         N graded samples per problem (batch shards `part-*.jsonl` while it runs)
-      select/rft.jsonl  select/pairs.jsonl    the RFT set and the outcome pairs
+      select/rft.jsonl  select/pairs.jsonl    the RFT set and the outcome pairs (of the SFT model's samples)
+      rft-greedy/solutions/rows-*.jsonl  rft-greedy/pairs.jsonl    with `select.rejected_from: rft_greedy`: the RFT
+                                          model's greedy solutions and the outcome pairs built on them
       explore/probes/rows-*.jsonl  explore/gpairs.jsonl  explore/step_values.jsonl
       eval/<model>/{validation,test}.jsonl  eval/<model>/{validation,test}.summary.json
       <stage>/started.json  <stage>/manifest.json
@@ -15,7 +17,8 @@
 
 A stage is done when its `manifest.json` holds its current fingerprint: a hash of the config that decides its
 output and of the fingerprints of the stages it reads. Which stages it reads is derived from the artifacts it
-reads (`Stage.reads`), never declared twice. Cheap selection (`select`) is its own stage, so changing
+reads (`Stage.reads`), never declared twice; the outcome pairs are the one artifact the config chooses
+(`outcome_pairs`), and a run holds only the stages its trained models need (`pipeline_stages`). Cheap selection (`select`) is its own stage, so changing
 `select.max_rft_per_problem` re-selects from the same samples instead of sampling again.
 
 No other module spells a run path or a stage name: stages, the pipeline, the report, `eval --run`, `status`
@@ -47,6 +50,8 @@ BASE_MODEL = Artifact("base", "model")
 SAMPLES = Artifact("sample", "samples")
 RFT_SET = Artifact("select", "rft.jsonl")
 OUTCOME_PAIRS = Artifact("select", "pairs.jsonl")
+RFT_GREEDY = Artifact("rft-greedy", "solutions")
+ON_POLICY_PAIRS = Artifact("rft-greedy", "pairs.jsonl")
 PROBES = Artifact("explore", "probes")
 STEP_PAIRS = Artifact("explore", "gpairs.jsonl")
 STEP_VALUES = Artifact("explore", "step_values.jsonl")
@@ -61,11 +66,22 @@ def model(stage: str) -> Artifact:
     return Artifact(stage, "model")
 
 
+def outcome_pairs(c: RunConfig) -> Artifact:
+    """The outcome pairs that `explore` searches and `dpo-outcome` trains on, as `select.rejected_from` says."""
+    return ON_POLICY_PAIRS if c.select.rejected_from == "rft_greedy" else OUTCOME_PAIRS
+
+
 def generation(c: RunConfig) -> tuple:
     """The engine settings that change what a rollout generates: backend, dtype and device. Engine count, batch
     size and vLLM's scheduling settings do not (per-row seeds); `tensor_parallel_size` changes only the summation
     order of the kernels, which no engine promises to keep anyway (docs/engines.md)."""
     return (c.engine.backend, c.engine.dtype, c.engine.num_gpus > 0)
+
+
+def selection(c: RunConfig) -> dict:
+    """The select settings that decide the RFT set and the SFT samples' pairs; `select.rejected_from` only decides
+    which pairs later stages read (so switching it never retrains RFT)."""
+    return {key: value for key, value in asdict(c.select).items() if key != "rejected_from"}
 
 
 def search(c: RunConfig) -> dict:
@@ -76,16 +92,19 @@ def search(c: RunConfig) -> dict:
 @dataclass(frozen=True)
 class Stage:
     name: str
-    reads: tuple[Artifact, ...]
-    """What the stage reads from the run; the stages it depends on are the writers of these."""
+    reads: tuple[Artifact | Callable[[RunConfig], Artifact], ...]
+    """What the stage reads from the run (an artifact, or the function of the config that chooses one); the stages
+    it depends on are the writers of these."""
     decided_by: Callable[[RunConfig], tuple]
     """The config sections (or values) that decide its output."""
     directory: str = ""
     """Its directory under the run (default: its name)."""
 
-    @property
-    def needs(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(artifact.stage for artifact in self.reads))
+    def inputs(self, cfg: RunConfig) -> tuple[Artifact, ...]:
+        return tuple(read if isinstance(read, Artifact) else read(cfg) for read in self.reads)
+
+    def needs(self, cfg: RunConfig) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(artifact.stage for artifact in self.inputs(cfg)))
 
 
 def eval_stage(model_stage: str) -> Stage:
@@ -98,10 +117,11 @@ STAGES: dict[str, Stage] = {
         Stage("base", (), lambda c: (c.model,)),
         Stage("sft", (BASE_MODEL,), lambda c: (c.task, c.sft)),
         Stage("sample", (model("sft"),), lambda c: (c.task, c.sample, generation(c))),
-        Stage("select", (SAMPLES,), lambda c: (c.select,)),
+        Stage("select", (SAMPLES,), lambda c: (selection(c),)),
         Stage("rft", (BASE_MODEL, RFT_SET), lambda c: (c.task, c.rft)),
-        Stage("explore", (model("rft"), OUTCOME_PAIRS), lambda c: (c.task, search(c), generation(c))),
-        Stage("dpo-outcome", (model("rft"), OUTCOME_PAIRS), lambda c: (c.dpo,)),
+        Stage("rft-greedy", (model("rft"), RFT_SET), lambda c: (c.task, c.sample, generation(c))),
+        Stage("explore", (model("rft"), outcome_pairs), lambda c: (c.task, search(c), generation(c))),
+        Stage("dpo-outcome", (model("rft"), outcome_pairs), lambda c: (c.dpo,)),
         Stage("dpo-step", (model("rft"), STEP_PAIRS), lambda c: (c.dpo, c.explore.pair_format)),
         *(eval_stage(name) for name in TRAINED_MODELS),
     ]
@@ -109,13 +129,21 @@ STAGES: dict[str, Stage] = {
 
 
 def pipeline_stages(cfg: RunConfig) -> list[str]:
-    """The stages `selfexplore run` runs, in order: all but the evaluations of models `eval.models` leaves out."""
-    return [name for name in STAGES if not name.startswith("eval-") or name.removeprefix("eval-") in cfg.eval.models]
+    """The stages `selfexplore run` runs, in order: those that train a model, the evaluations `eval.models` names,
+    and every stage these read from (`rft-greedy` only when the outcome pairs are its)."""
+    wanted = [*TRAINED_MODELS, *(f"eval-{name}" for name in cfg.eval.models)]
+    needed: set[str] = set()
+    while wanted:
+        name = wanted.pop()
+        if name not in needed:
+            needed.add(name)
+            wanted += STAGES[name].needs(cfg)
+    return [name for name in STAGES if name in needed]
 
 
 def stage_fingerprint(cfg: RunConfig, name: str) -> str:
     stage = STAGES[name]
-    return fingerprint(name, *stage.decided_by(cfg), *(stage_fingerprint(cfg, need) for need in stage.needs))
+    return fingerprint(name, *stage.decided_by(cfg), *(stage_fingerprint(cfg, need) for need in stage.needs(cfg)))
 
 
 @dataclass(frozen=True)
@@ -194,7 +222,7 @@ class RunDir:
         """The shard directory of a rollout stage (what a cut-off rollout resumes from); None for other stages."""
         if name.startswith("eval-"):
             return self.stage_dir(name) / "shards"
-        return {"sample": self.path(SAMPLES), "explore": self.path(PROBES)}.get(name)
+        return {"sample": self.path(SAMPLES), "rft-greedy": self.path(RFT_GREEDY), "explore": self.path(PROBES)}.get(name)
 
     def eval_results(self, model_stage: str, split: str = "test") -> Path:
         """One graded row per problem of `split` (`test`: reported; `validation`: what settings are tuned on)."""

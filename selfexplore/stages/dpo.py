@@ -1,6 +1,7 @@
 """`dpo-outcome` and `dpo-step`: DPO from the RFT model, with the RFT model as the frozen reference.
 
-`outcome` trains on D_pair (whole correct vs whole wrong solutions: the baseline); `step` trains on D_g-pair
+`outcome` trains on D_pair (whole correct vs whole wrong solutions: the baseline; the SFT model's wrong samples or
+the RFT model's greedy ones, as `select.rejected_from` says); `step` trains on D_g-pair
 (the step pairs of `explore`: Self-Explore), in the format `explore.pair_format` names. Everything else is
 identical, so the comparison is fair. Pairs are read as they are tokenised, never held as a list: at the paper's
 scale they are hundreds of megabytes of text.
@@ -14,12 +15,9 @@ from dataclasses import dataclass
 from selfexplore.config import RunConfig
 from selfexplore.errors import StageError
 from selfexplore.io import iter_jsonl
-from selfexplore.run_dir import OUTCOME_PAIRS, STEP_PAIRS, RunDir
+from selfexplore.run_dir import STEP_PAIRS, RunDir, outcome_pairs
 from selfexplore.tasks import get_task
 from selfexplore.train import train_dpo
-
-PAIRS = {"outcome": OUTCOME_PAIRS, "step": STEP_PAIRS}
-
 
 @dataclass
 class NextStepPairs:
@@ -46,7 +44,7 @@ class NextStepPairs:
 
 
 def run(cfg: RunConfig, run_dir: RunDir, kind: str) -> dict:
-    path = run_dir.path(PAIRS[kind])
+    path = run_dir.path(outcome_pairs(cfg) if kind == "outcome" else STEP_PAIRS)
     if next(iter_jsonl(path), None) is None:
         raise StageError(f"no {kind} pairs to train on in {path}")
     next_step = NextStepPairs(iter_jsonl(path), get_task(cfg.task.name)) if kind == "step" and cfg.explore.pair_format == "next_step" else None

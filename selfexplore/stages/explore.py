@@ -27,7 +27,8 @@ Each probe is seeded by its solution and step alone.
 
 Outputs in `explore/`: `probes/` (shards: per rejected solution: steps, probes, pit), `gpairs.jsonl`,
 `step_values.jsonl`; the stage's metrics (pits, probes, pairs) are in its manifest. The driver holds one rejected
-solution at a time: the items stream from `select/pairs.jsonl` to the engines' input files and, once explored,
+solution at a time: the items stream from the outcome pairs (`select/pairs.jsonl`, or `rft-greedy/pairs.jsonl`:
+`select.rejected_from`) to the engines' input files and, once explored,
 back from the shards with their results.
 """
 
@@ -44,7 +45,7 @@ from selfexplore.engines import SamplingParams, derive_seed
 from selfexplore.errors import StageError
 from selfexplore.io import atomic_open, iter_jsonl, json_line
 from selfexplore.rollout import EngineWorker, iter_results, rollout_nodes, run_rollout
-from selfexplore.run_dir import OUTCOME_PAIRS, PROBES, STEP_PAIRS, STEP_VALUES, RunDir
+from selfexplore.run_dir import PROBES, STEP_PAIRS, STEP_VALUES, RunDir, outcome_pairs
 from selfexplore.tasks import get_task
 
 
@@ -262,7 +263,7 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     answers = {p["id"]: p["answer"] for p in get_task(cfg.task.name).load("train", cfg.task)}
 
     def items() -> Iterator[dict]:  # read from the outcome pairs each time, so they are never all in memory
-        return rejected_items(iter_jsonl(run_dir.path(OUTCOME_PAIRS)), answers, cfg.explore.max_rejected)
+        return rejected_items(iter_jsonl(run_dir.path(outcome_pairs(cfg))), answers, cfg.explore.max_rejected)
 
     worker_kwargs = dict(model_dir=run_dir.model_dir("rft"), engine_cfg=cfg.engine, task_name=cfg.task.name, explore_cfg=cfg.explore)
     run_rollout(items(), ExploreWorker, worker_kwargs, cfg.engine, run_dir.path(PROBES), key="key", what="rejected solutions explored")

@@ -51,9 +51,13 @@ class SampleWorker(EngineWorker):
         return results
 
 
+def sampled_problems(cfg: RunConfig) -> list[dict]:
+    """The training problems that are sampled: the first `sample.max_problems` (all when 0)."""
+    return get_task(cfg.task.name).load("train", cfg.task)[: cfg.sample.max_problems or None]
+
+
 def run(cfg: RunConfig, run_dir: RunDir) -> dict:
-    problems = get_task(cfg.task.name).load("train", cfg.task)
-    problems = problems[: cfg.sample.max_problems or None]
+    problems = sampled_problems(cfg)
     worker_kwargs = dict(model_dir=str(run_dir.path(model("sft"))), engine_cfg=cfg.engine, task_name=cfg.task.name, sample_cfg=cfg.sample)
     run_rollout(problems, SampleWorker, worker_kwargs, cfg.engine, run_dir.path(SAMPLES), key="id", what="problems sampled")
     stats = SampleStats()
