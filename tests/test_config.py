@@ -4,7 +4,7 @@ import pytest
 
 from selfexplore.config import RunConfig, load_config
 from selfexplore.errors import ConfigError
-from selfexplore.run_dir import STAGES, stage_fingerprint
+from selfexplore.run_dir import STAGES, pipeline_stages, stage_fingerprint
 
 
 def test_tiny_config_loads_and_overrides_apply():
@@ -70,3 +70,15 @@ def test_pair_format_retrains_only_the_step_dpo_model_and_keeps_the_exploration(
     assert stale == ["dpo-step", "eval-dpo-step"]
     more_probes = load_config("configs/tiny.yaml", ["explore.k=8"])
     assert stage_fingerprint(cfg, "explore") != stage_fingerprint(more_probes, "explore")
+
+
+def test_on_policy_pairs_add_one_stage_after_rft_and_keep_the_sampling_and_both_models():
+    paper = load_config("configs/tiny.yaml", ["select.rejected_from=samples"])
+    on_policy = load_config("configs/tiny.yaml", ["select.rejected_from=rft_greedy"])
+    assert "rft-greedy" not in pipeline_stages(paper)
+    stages = pipeline_stages(on_policy)
+    assert stages.index("rft") < stages.index("rft-greedy") < stages.index("explore")
+    stale = [s for s in pipeline_stages(paper) if stage_fingerprint(paper, s) != stage_fingerprint(on_policy, s)]
+    assert stale == ["explore", "dpo-outcome", "dpo-step", "eval-dpo-outcome", "eval-dpo-step"]
+    fewer_evals = load_config("configs/tiny.yaml", ["select.rejected_from=rft_greedy", "eval.models=[dpo-step]"])
+    assert [s for s in pipeline_stages(fewer_evals) if s.startswith("eval-")] == ["eval-dpo-step"]

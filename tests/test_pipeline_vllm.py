@@ -22,8 +22,9 @@ from selfexplore.tasks import format_prompt
 
 REPO = Path(__file__).resolve().parents[1]
 # One of the four evaluations, the final model's: they share one code path, and each starts a vLLM engine (40 s
-# of the suite's time budget).
-VLLM = ["engine.backend=vllm", "eval.models=[dpo-step]"]
+# of the suite's time budget). The paper's outcome pairs (the SFT model's wrong samples): `quick_run` has the
+# config's on-policy ones, so both ways of pairing run end to end.
+VLLM = ["engine.backend=vllm", "eval.models=[dpo-step]", "select.rejected_from=samples"]
 
 
 def selfexplore(*args: str) -> subprocess.CompletedProcess:
@@ -52,12 +53,13 @@ def vllm_run(tmp_path_factory, vllm_installed, quick_overrides, quick_run):
 def test_every_stage_runs_on_vllm_and_reports(vllm_run):
     run_dir, stdout = vllm_run
     stages = pipeline_stages(load_config(run_dir.config))
-    assert "explore" in stages and "eval-dpo-step" in stages
+    assert "explore" in stages and "eval-dpo-step" in stages and "rft-greedy" not in stages
     for stage in stages:
         assert run_dir.manifest(stage), stage
     assert "Self-Explore (step pairs)" in stdout
     stats = run_dir.manifest("explore")["metrics"]
     assert stats["rejected"] > 0 and stats["probes"] >= stats["rejected"]
+    assert run_dir.manifest("dpo-outcome")["inputs"].keys() == {"rft", "select"}
 
 
 def test_vllm_eval_equals_hf_greedy_on_the_same_model(vllm_run):
