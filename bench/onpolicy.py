@@ -5,7 +5,7 @@
         --start-from runs/onpolicy-prep --output-dir runs/onpolicy --out bench/results/tuning/onpolicy-rft-samples.json
     python bench/onpolicy.py runs/onpolicy-prep --rejected greedy --out-dir runs/onpolicy-greedy-prep   # RFT's samples reused
 
-The paper (and the pipeline) pair the SFT model's samples; `bench/decisions.py` found that RFT already prefers the
+The paper (and the pipeline with `select.rejected_from: samples`) pair the SFT model's samples; `bench/decisions.py` found that RFT already prefers the
 chosen character at 71-83% of those pairs, so they push against characters RFT would not write. Here each seed's
 run (`DIR/seed-<s>`) is copied up to `rft` to `OUT_DIR/seed-<s>`; the RFT model samples the same training problems
 with the run's `sample` settings (the `sample` stage's own code, pointed at the RFT model); the outcome pairs are
@@ -17,7 +17,8 @@ both are compared with the same RFT model as before.
 With `--rejected greedy`, each problem's rejected solution is RFT's greedy one (when wrong and complete), paired
 with the first distinct correct sample: at the pairs above RFT still prefers the chosen character at 71-79% of them
 (a sample at 0.7 slips where greedy decoding would not), while a greedy error is by construction the character
-greedy decoding writes. One pair per problem at most.
+greedy decoding writes. One pair per problem at most. (The pipeline's `select.rejected_from: rft_greedy` does the
+same with the chosen side from the SFT samples, sparing this second sampling: `selfexplore.stages.rft_greedy`.)
 """
 
 from __future__ import annotations
