@@ -15,7 +15,7 @@ from selfexplore import figures
 from selfexplore.config import RunConfig
 from selfexplore.io import atomic_write, read_json, read_jsonl
 from selfexplore.rollout import iter_results
-from selfexplore.run_dir import MODEL_TITLES, SAMPLES, STAGES, STEP_VALUES, TRAINED_MODELS, RunDir
+from selfexplore.run_dir import MODEL_TITLES, ON_POLICY_PAIRS, SAMPLES, STAGES, STEP_VALUES, TRAINED_MODELS, RunDir, outcome_pairs
 from selfexplore.stats import paired_difference
 from selfexplore.tasks.arith import solved_by_right_steps
 
@@ -62,7 +62,7 @@ def report_text(run_dir: RunDir, cfg: RunConfig, wall_s: float | None) -> str:
             f"pass@{cfg.sample.n} {sampled['pass_at_n']:.1%}; {selected['rft_rows']} RFT rows, "
             f"{selected['outcome_pairs']} outcome pairs."
         )
-    if "rft-greedy" in metrics and cfg.select.rejected_from == "rft_greedy":
+    if "rft-greedy" in metrics and outcome_pairs(cfg) == ON_POLICY_PAIRS:
         greedy = metrics["rft-greedy"]
         lines.append(
             f"On-policy outcome pairs (`select.rejected_from: rft_greedy`): RFT solved {greedy['greedy_accuracy']:.1%} of "
