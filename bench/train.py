@@ -28,7 +28,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pyarrow as pa
 import ray
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from selfexplore.config import DPOConfig, SFTConfig, TaskConfig, TinyModelConfig, load_config
 from selfexplore.models import build_tiny_model
@@ -65,7 +65,7 @@ def plain(kind: str, model_dir: str, examples: pa.Table, cfg: SFTConfig | DPOCon
     from trl import SFTConfig as TRLSFTConfig
     from trl import SFTTrainer
 
-    from selfexplore.train.worker import PretokenizedDPOTrainer
+    from selfexplore.train.worker import PretokenizedDPOTrainer, load_for_training
 
     start = time.monotonic()
     common = dict(
@@ -74,14 +74,14 @@ def plain(kind: str, model_dir: str, examples: pa.Table, cfg: SFTConfig | DPOCon
         bf16=cfg.bf16, use_cpu=True, save_strategy="no", report_to="none", disable_tqdm=True, logging_steps=cfg.logging_steps,
         seed=cfg.seed, dataloader_num_workers=0,
     )
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = load_for_training(model_dir, cfg)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     dataset = Dataset(InMemoryTable(examples))
     if kind == "sft":
         args = TRLSFTConfig(**common, max_length=None, dataset_kwargs={"skip_prepare_dataset": True})
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     else:
-        ref = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        ref = load_for_training(model_dir, cfg)
         # TRL's DPOTrainer with its own tokenisation skipped: both sides train on the same token ids.
         args = TRLDPOConfig(**common, beta=cfg.beta, loss_type=[cfg.loss_type], max_length=cfg.max_length)
         trainer = PretokenizedDPOTrainer(model=model, ref_model=ref, args=args, train_dataset=dataset, processing_class=tokenizer)
@@ -97,7 +97,27 @@ def ours(kind: str, model_dir: str, data: list[dict], cfg: SFTConfig | DPOConfig
     else:
         metrics = train_dpo(data, model_dir, model_dir, out, cfg, storage)
     runtime = metrics["train_runtime_s"]
-    return {"train_runtime_s": round(runtime, 2), "samples_per_s": round(cfg.max_steps * cfg.batch_size / runtime, 1), "wall_s": metrics["wall_s"]}
+    return {
+        "train_runtime_s": round(runtime, 2),
+        "samples_per_s": round(cfg.max_steps * cfg.batch_size / runtime, 1),
+        "wall_s": metrics["wall_s"],
+        "final_loss": metrics["final_loss"],
+    }
+
+
+def bench_configs(sft_steps: int, dpo_steps: int) -> tuple[SFTConfig, DPOConfig]:
+    """configs/tiny.yaml's `sft` and `dpo` settings for the given steps, checkpoints off: the training benchmarks
+    measure training, not storage."""
+    tiny = load_config(Path(__file__).parents[1] / "configs" / "tiny.yaml")
+    sft = SFTConfig(**{**vars(tiny.sft), "max_steps": sft_steps, "save_steps": 0, "logging_steps": sft_steps})
+    dpo = DPOConfig(**{**vars(tiny.dpo), "max_steps": dpo_steps, "save_steps": 0, "logging_steps": dpo_steps})
+    return sft, dpo
+
+
+def start_ray() -> None:
+    """Local Ray with every CPU, one thread per process, quiet."""
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
 
 
 def main() -> None:
@@ -109,22 +129,18 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(1)
-    tiny = load_config(Path(__file__).parents[1] / "configs" / "tiny.yaml")
     work = Path(tempfile.mkdtemp(prefix="train-bench-"))
     model_dir = str(work / "model")
     parameters = build_tiny_model(MODELS[args.model], model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     rows, pairs = rows_and_pairs(2000)
-    # Checkpoints off on both sides: the bench measures training, not storage.
-    sft = SFTConfig(**{**vars(tiny.sft), "max_steps": args.sft_steps, "save_steps": 0, "logging_steps": args.sft_steps})
-    dpo = DPOConfig(**{**vars(tiny.dpo), "max_steps": args.dpo_steps, "save_steps": 0, "logging_steps": args.dpo_steps})
+    sft, dpo = bench_configs(args.sft_steps, args.dpo_steps)  # on both sides
     examples = {
         "sft": tokenize_sft(rows, tokenizer, sft.max_length).examples,
         "dpo": tokenize_dpo(pairs, tokenizer, dpo.max_length, dpo.max_prompt_length).examples,
     }
     results = {}
-    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    start_ray()
     try:
         for kind, cfg, data in (("sft", sft, rows), ("dpo", dpo, pairs)):
             results[kind] = {"plain": plain(kind, model_dir, examples[kind], cfg, work)}

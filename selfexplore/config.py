@@ -185,6 +185,10 @@ class TrainConfig:
     """bf16 mixed precision through DeepSpeed (fp32 master weights; the saved model is bf16). Works on CPU too."""
     gradient_checkpointing: bool = False
     """Trade compute for memory (large models)."""
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    """The attention kernel the trained model (and DPO's reference) runs while training; auto = transformers' choice
+    (sdpa). `eager` (plain matmuls) trains a tiny model on CPU faster: there torch's fused kernel's backward costs
+    more than the attention it saves. Generation does not use it."""
     max_failures: int = 3
     """Ray Train restarts of the worker group after a worker dies (node lost, OOM kill), each resuming from the
     last checkpoint; a run cut off entirely resumes from it on the next `selfexplore run`."""

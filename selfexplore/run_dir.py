@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from selfexplore.config import RunConfig, fingerprint, load_config
+from selfexplore.config import RunConfig, TrainConfig, fingerprint, load_config
 from selfexplore.errors import ConfigError
 from selfexplore.io import read_json
 
@@ -84,6 +84,15 @@ def selection(c: RunConfig) -> dict:
     return {key: value for key, value in asdict(c.select).items() if key != "rejected_from"}
 
 
+def training(section: TrainConfig) -> dict:
+    """A training stage's settings; `attn_implementation` only when not `auto`, so that runs trained before the key
+    existed (with transformers' default kernel) keep their fingerprints, and so their models."""
+    settings = asdict(section)
+    if settings["attn_implementation"] == "auto":
+        del settings["attn_implementation"]
+    return settings
+
+
 def search(c: RunConfig) -> dict:
     """The explore settings that decide the pit search; `explore.pair_format` only decides what `dpo-step` trains on."""
     return {key: value for key, value in asdict(c.explore).items() if key != "pair_format"}
@@ -115,14 +124,14 @@ STAGES: dict[str, Stage] = {
     stage.name: stage
     for stage in [
         Stage("base", (), lambda c: (c.model,)),
-        Stage("sft", (BASE_MODEL,), lambda c: (c.task, c.sft)),
+        Stage("sft", (BASE_MODEL,), lambda c: (c.task, training(c.sft))),
         Stage("sample", (model("sft"),), lambda c: (c.task, c.sample, generation(c))),
         Stage("select", (SAMPLES,), lambda c: (selection(c),)),
-        Stage("rft", (BASE_MODEL, RFT_SET), lambda c: (c.task, c.rft)),
+        Stage("rft", (BASE_MODEL, RFT_SET), lambda c: (c.task, training(c.rft))),
         Stage("rft-greedy", (model("rft"), RFT_SET), lambda c: (c.task, c.sample, generation(c))),
         Stage("explore", (model("rft"), outcome_pairs), lambda c: (c.task, search(c), generation(c))),
-        Stage("dpo-outcome", (model("rft"), outcome_pairs), lambda c: (c.dpo,)),
-        Stage("dpo-step", (model("rft"), STEP_PAIRS), lambda c: (c.dpo, c.explore.pair_format)),
+        Stage("dpo-outcome", (model("rft"), outcome_pairs), lambda c: (training(c.dpo),)),
+        Stage("dpo-step", (model("rft"), STEP_PAIRS), lambda c: (training(c.dpo), c.explore.pair_format)),
         *(eval_stage(name) for name in TRAINED_MODELS),
     ]
 }

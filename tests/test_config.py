@@ -1,8 +1,10 @@
 """Typed run configs: YAML + dotted overrides, unknown keys and wrong types rejected. Runs on: CPU."""
 
+from dataclasses import asdict
+
 import pytest
 
-from selfexplore.config import RunConfig, load_config
+from selfexplore.config import RunConfig, fingerprint, load_config
 from selfexplore.errors import ConfigError
 from selfexplore.run_dir import STAGES, pipeline_stages, stage_fingerprint
 
@@ -18,7 +20,7 @@ def test_tiny_config_loads_and_overrides_apply():
     "override, message",
     [
         ("sft.learnin_rate=3", "unknown key `sft.learnin_rate` (did you mean `sft.learning_rate`?)"),
-        ("sft.lr=3", "unknown key `sft.lr` (known keys: batch_size,"),
+        ("sft.lr=3", "unknown key `sft.lr` (known keys: attn_implementation, batch_size,"),
         ("sample.n=many", "`sample.n` must be int, got 'many'"),
         ("sample.n=true", "`sample.n` must be int"),
         ("engine.backend=tgi", "`engine.backend` must be one of 'hf', 'vllm'"),
@@ -82,3 +84,13 @@ def test_on_policy_pairs_add_one_stage_after_rft_and_keep_the_sampling_and_both_
     assert stale == ["explore", "dpo-outcome", "dpo-step", "eval-dpo-outcome", "eval-dpo-step"]
     fewer_evals = load_config("configs/tiny.yaml", ["select.rejected_from=rft_greedy", "eval.models=[dpo-step]"])
     assert [s for s in pipeline_stages(fewer_evals) if s.startswith("eval-")] == ["eval-dpo-step"]
+
+
+def test_the_attention_kernel_retrains_its_stages_and_runs_from_before_the_key_keep_their_models():
+    auto = load_config("configs/tiny.yaml", [f"{section}.attn_implementation=auto" for section in ("sft", "rft", "dpo")])
+    dpo_eager = load_config("configs/tiny.yaml", ["sft.attn_implementation=auto", "rft.attn_implementation=auto"])
+    stale = [s for s in pipeline_stages(auto) if stage_fingerprint(auto, s) != stage_fingerprint(dpo_eager, s)]
+    assert stale == ["dpo-outcome", "dpo-step", "eval-dpo-outcome", "eval-dpo-step"]
+    # `auto` is what every run before the key used: its fingerprint is the one a config without the key had.
+    without_key = {key: value for key, value in asdict(auto.sft).items() if key != "attn_implementation"}
+    assert stage_fingerprint(auto, "sft") == fingerprint("sft", auto.task, without_key, stage_fingerprint(auto, "base"))

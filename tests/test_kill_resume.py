@@ -94,9 +94,8 @@ def test_explore_killed_mid_stage_resumes_to_the_uninterrupted_result(quick_run,
 
 def test_eval_killed_mid_stage_resumes_to_the_uninterrupted_result(quick_run, tmp_path):
     copy = copy_without(quick_run, "eval-sft", tmp_path)
-    kill_driver_and_resume(copy, "eval-sft", copy.shards("eval-sft") / "validation", quick_run.overrides)
-    for split in ("validation", "test"):
-        assert_same_shards(copy.shards("eval-sft") / split, quick_run.run_dir.shards("eval-sft") / split, "id")
+    kill_driver_and_resume(copy, "eval-sft", copy.shards("eval-sft"), quick_run.overrides)
+    assert_same_shards(copy.shards("eval-sft"), quick_run.run_dir.shards("eval-sft"), "key")
     for path in (copy.eval_results("sft", "validation"), copy.eval_summary("sft", "validation"), copy.eval_results("sft"), copy.eval_summary("sft")):
         assert path.read_bytes() == (quick_run.run_dir.root / path.relative_to(copy.root)).read_bytes(), path
 
@@ -104,12 +103,11 @@ def test_eval_killed_mid_stage_resumes_to_the_uninterrupted_result(quick_run, tm
 def test_a_killed_engine_actor_is_restarted_and_every_row_done_once(quick_run, tmp_path):
     copy = copy_without(quick_run, "eval-rft", tmp_path)
     process = stage("eval-rft", copy, quick_run.overrides)
-    wait_for_shards(process, copy.shards("eval-rft") / "validation", 1)
+    wait_for_shards(process, copy.shards("eval-rft"), 1)
     actors = session_processes(process.pid, "EvalWorker")
     assert len(actors) == 1
     actors[0].send_signal(signal.SIGKILL)
     finish(process)
-    for split in ("validation", "test"):
-        assert_same_shards(copy.shards("eval-rft") / split, quick_run.run_dir.shards("eval-rft") / split, "id")
+    assert_same_shards(copy.shards("eval-rft"), quick_run.run_dir.shards("eval-rft"), "key")
     for path in (copy.eval_results("rft", "validation"), copy.eval_results("rft"), copy.eval_summary("rft")):
         assert path.read_bytes() == (quick_run.run_dir.root / path.relative_to(copy.root)).read_bytes(), path

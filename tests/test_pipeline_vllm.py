@@ -17,7 +17,7 @@ from selfexplore.config import EngineConfig, load_config
 from selfexplore.engines import SamplingParams, load_engine
 from selfexplore.io import read_jsonl
 from selfexplore.rollout import iter_results
-from selfexplore.run_dir import ON_POLICY_PAIRS, OUTCOME_PAIRS, RFT_GREEDY, RFT_SET, SAMPLES, RunDir, pipeline_stages
+from selfexplore.run_dir import ON_POLICY_PAIRS, RFT_GREEDY, RFT_SET, SAMPLES, RunDir, pipeline_stages
 from selfexplore.tasks import format_prompt
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,8 +99,7 @@ def test_sampling_again_with_other_batches_gives_the_same_samples(vllm_run, tmp_
     for stage in ("base", "sft"):
         shutil.copytree(run_dir.stage_dir(stage), again.stage_dir(stage))
     shutil.copy(run_dir.config, again.config)
-    for stage in ("sample", "select"):
-        done = selfexplore("stage", stage, "configs/tiny.yaml", "name=vllm", f"output_dir={tmp_path}", *quick_overrides, *VLLM, "engine.rows_per_batch=7")
-        assert done.returncode == 0, done.stderr[-3000:]
+    # Only `sample`: what `select` makes of the same samples is the same (tests/test_select.py).
+    done = selfexplore("stage", "sample", "configs/tiny.yaml", "name=vllm", f"output_dir={tmp_path}", *quick_overrides, *VLLM, "engine.rows_per_batch=7")
+    assert done.returncode == 0, done.stderr[-3000:]
     assert samples_by_problem(again) == samples_by_problem(run_dir)
-    assert again.path(OUTCOME_PAIRS).read_text() == run_dir.path(OUTCOME_PAIRS).read_text()

@@ -1,8 +1,9 @@
 """`eval-<model>`: greedy decoding of one trained model on the validation and test sets, graded with the task's
 grader.
 
-One stage per model (`eval-sft`, `eval-rft`, ...), so retraining one model re-evaluates only that one. Per split,
-writes `eval/<model>/<split>.jsonl` (one row per problem, in the split's order) and `<split>.summary.json`
+One stage per model (`eval-sft`, `eval-rft`, ...), so retraining one model re-evaluates only that one. Both splits
+go through one rollout, so the engines load once per model (on a GPU cluster a vLLM engine takes a minute or more
+to start). Per split, writes `eval/<model>/<split>.jsonl` (one row per problem, in the split's order) and `<split>.summary.json`
 (accuracy with a 95% Wilson interval, and per level and subject where the task has them). Settings are tuned on
 the validation split; the test split is what the report gives. `selfexplore eval --endpoint` writes the same rows
 and summary from any OpenAI-compatible server.
@@ -43,13 +44,20 @@ class EvalWorker(EngineWorker):
     def process(self, problems: list[dict]) -> list[dict]:
         params = [SamplingParams(n=1, temperature=0.0, max_tokens=self.settings["max_tokens"])] * len(problems)
         outputs = self.engine.generate([self.engine.encode(format_prompt(p["question"])) for p in problems], params)
-        return [result_row(p, c.text, c.n_tokens, c.finish_reason, self.task) for p, (c,) in zip(problems, outputs)]
+        return [
+            {"key": p["key"], **result_row(p, c.text, c.n_tokens, c.finish_reason, self.task)}
+            for p, (c,) in zip(problems, outputs)
+        ]
 
 
-def evaluate_model(model_dir: str, problems: list[dict], task_name: str, engine_cfg: EngineConfig, max_tokens: int, shard_dir: Path) -> list[dict]:
+def evaluate_model(model_dir: str, splits: dict[str, list[dict]], task_name: str, engine_cfg: EngineConfig, max_tokens: int, shard_dir: Path) -> dict[str, list[dict]]:
+    """Each split's graded rows, in the split's order. The rollout's rows are keyed `<split>/<id>`: ids are unique
+    within a split, not necessarily across splits."""
+    keyed = {split: [{**problem, "key": f"{split}/{problem['id']}"} for problem in problems] for split, problems in splits.items()}
     worker_kwargs = dict(model_dir=model_dir, engine_cfg=engine_cfg, task_name=task_name, max_tokens=max_tokens)
-    run_rollout(problems, EvalWorker, worker_kwargs, engine_cfg, shard_dir, key="id", what="test problems")
-    return ordered_results(shard_dir, problems, key="id")
+    run_rollout((row for rows in keyed.values() for row in rows), EvalWorker, worker_kwargs, engine_cfg, shard_dir, key="key", what="problems")
+    # The key is the rollout's; the result files hold the same rows as `selfexplore eval --endpoint` writes.
+    return {split: [{k: v for k, v in r.items() if k != "key"} for r in ordered_results(shard_dir, rows, key="key")] for split, rows in keyed.items()}
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -81,14 +89,14 @@ def summarize(results: list[dict]) -> dict:
 
 
 def run(cfg: RunConfig, run_dir: RunDir, model_stage: str) -> dict:
-    metrics: dict = {"nodes": []}
-    for split in ("validation", "test"):
-        problems = get_task(cfg.task.name).load(split, cfg.task)
-        shards = run_dir.shards(f"eval-{model_stage}") / split
-        results = evaluate_model(run_dir.model_dir(model_stage), problems, cfg.task.name, cfg.engine, cfg.eval.max_tokens, shards)
-        write_jsonl(run_dir.eval_results(model_stage, split), results)
-        summary = summarize(results)
+    task = get_task(cfg.task.name)
+    splits = {split: task.load(split, cfg.task) for split in ("validation", "test")}
+    shards = run_dir.shards(f"eval-{model_stage}")
+    results = evaluate_model(run_dir.model_dir(model_stage), splits, cfg.task.name, cfg.engine, cfg.eval.max_tokens, shards)
+    metrics: dict = {"nodes": rollout_nodes(shards)}
+    for split, rows in results.items():
+        write_jsonl(run_dir.eval_results(model_stage, split), rows)
+        summary = summarize(rows)
         write_json(run_dir.eval_summary(model_stage, split), summary)
         metrics[split] = {key: summary[key] for key in ("n", "correct", "accuracy", "ci95")}
-        metrics["nodes"] = sorted(set(metrics["nodes"]) | set(rollout_nodes(shards)))
     return metrics

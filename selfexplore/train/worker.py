@@ -205,14 +205,14 @@ def _build_trainer(config: dict, output_dir: str, resumed_from_step: int):
     tokenizer = AutoTokenizer.from_pretrained(config["init_model_dir"])
     # The arguments come first: under ZeRO-3 they make `from_pretrained` load the weights already sharded.
     args = _trl_args(kind, cfg, output_dir)
-    model = AutoModelForCausalLM.from_pretrained(config["init_model_dir"], dtype=torch.float32)
+    model = load_for_training(config["init_model_dir"], cfg)
     callbacks = [ProgressCallback(kind, config["progress"], config["logs"], resumed_from_step), RayTrainReportCallback()]
     if kind == "sft":
         trainer = SFTTrainer(
             model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks
         )
     else:
-        ref_model = AutoModelForCausalLM.from_pretrained(config["ref_model_dir"], dtype=torch.float32)
+        ref_model = load_for_training(config["ref_model_dir"], cfg)
         trainer = PretokenizedDPOTrainer(
             model=model,
             ref_model=ref_model,
@@ -224,6 +224,13 @@ def _build_trainer(config: dict, output_dir: str, resumed_from_step: int):
         )
     trainer.remove_callback(PrinterCallback)  # prints every log dict; ProgressCallback logs one line
     return prepare_trainer(trainer)
+
+
+def load_for_training(model_dir: str, cfg: TrainConfig):
+    """The model (or DPO's reference) as training runs it: fp32 weights (DeepSpeed casts them for bf16), and the
+    configured attention kernel, which is not saved with the model and so must be asked for at every load."""
+    attention = {} if cfg.attn_implementation == "auto" else {"attn_implementation": cfg.attn_implementation}
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, **attention)
 
 
 def examples_dataset(examples: pa.Table) -> Dataset:
