@@ -3,8 +3,8 @@ grader.
 
 One stage per model (`eval-sft`, `eval-rft`, ...), so retraining one model re-evaluates only that one. Both splits
 go through one rollout, so the engines load once per model (on a GPU cluster a vLLM engine takes a minute or more
-to start). Per split, writes `eval/<model>/<split>.jsonl` (one row per problem, in the split's order) and `<split>.summary.json`
-(accuracy with a 95% Wilson interval, and per level and subject where the task has them). Settings are tuned on
+to start). Per split, writes `eval/<model>/<split>.jsonl` (one row per problem, in the split's order) and
+`<split>.summary.json` (accuracy with a 95% Wilson interval, and per level and subject where the task has them). Settings are tuned on
 the validation split; the test split is what the report gives. `selfexplore eval --endpoint` writes the same rows
 and summary from any OpenAI-compatible server.
 """
