@@ -4,9 +4,9 @@ grader.
 One stage per model (`eval-sft`, `eval-rft`, ...), so retraining one model re-evaluates only that one. Both splits
 go through one rollout, so the engines load once per model (on a GPU cluster a vLLM engine takes a minute or more
 to start). Per split, writes `eval/<model>/<split>.jsonl` (one row per problem, in the split's order) and
-`<split>.summary.json` (accuracy with a 95% Wilson interval, and per level and subject where the task has them). Settings are tuned on
-the validation split; the test split is what the report gives. `selfexplore eval --endpoint` writes the same rows
-and summary from any OpenAI-compatible server.
+`<split>.summary.json` (accuracy with a 95% Wilson interval, and per level and subject where the task has them).
+Settings are tuned on the validation split; the test split is what the report gives. `selfexplore eval --endpoint`
+writes the same rows and summary from any OpenAI-compatible server.
 """
 
 from __future__ import annotations
@@ -56,8 +56,11 @@ def evaluate_model(model_dir: str, splits: dict[str, list[dict]], task_name: str
     keyed = {split: [{**problem, "key": f"{split}/{problem['id']}"} for problem in problems] for split, problems in splits.items()}
     worker_kwargs = dict(model_dir=model_dir, engine_cfg=engine_cfg, task_name=task_name, max_tokens=max_tokens)
     run_rollout((row for rows in keyed.values() for row in rows), EvalWorker, worker_kwargs, engine_cfg, shard_dir, key="key", what="problems")
-    # The key is the rollout's; the result files hold the same rows as `selfexplore eval --endpoint` writes.
-    return {split: [{k: v for k, v in r.items() if k != "key"} for r in ordered_results(shard_dir, rows, key="key")] for split, rows in keyed.items()}
+    results = {split: ordered_results(shard_dir, rows, key="key") for split, rows in keyed.items()}
+    for rows in results.values():
+        for row in rows:
+            del row["key"]  # the rollout's: the result files hold the rows `selfexplore eval --endpoint` writes
+    return results
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
