@@ -87,8 +87,9 @@ def quick_run(tmp_path_factory, quick_overrides) -> QuickRun:
     assert up.returncode == 0, up.stderr
     try:
         output_dir = tmp_path_factory.mktemp("runs")
-        # Small batches: enough of them that both engines get work while the second one is still loading.
-        overrides = [f"output_dir={output_dir}", "name=quick", *quick_overrides, "engine.num_engines=2", "engine.rows_per_batch=4"]
+        # Small batches: enough of them that both engines get work while the second one is still loading. Two of
+        # the four evaluations (the first model and the last): they share one code path, and each costs ~15 s.
+        overrides = [f"output_dir={output_dir}", "name=quick", *quick_overrides, "engine.num_engines=2", "engine.rows_per_batch=4", "eval.models=[sft,dpo-step]"]
         logs = io.StringIO()
         with contextlib.chdir(REPO), contextlib.redirect_stdout(logs):
             cfg = load_config("configs/tiny.yaml", overrides)

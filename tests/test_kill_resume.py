@@ -101,13 +101,13 @@ def test_eval_killed_mid_stage_resumes_to_the_uninterrupted_result(quick_run, tm
 
 
 def test_a_killed_engine_actor_is_restarted_and_every_row_done_once(quick_run, tmp_path):
-    copy = copy_without(quick_run, "eval-rft", tmp_path)
-    process = stage("eval-rft", copy, quick_run.overrides)
-    wait_for_shards(process, copy.shards("eval-rft"), 1)
+    copy = copy_without(quick_run, "eval-dpo-step", tmp_path)
+    process = stage("eval-dpo-step", copy, quick_run.overrides)
+    wait_for_shards(process, copy.shards("eval-dpo-step"), 1)
     actors = session_processes(process.pid, "EvalWorker")
     assert len(actors) == 1
     actors[0].send_signal(signal.SIGKILL)
     finish(process)
-    assert_same_shards(copy.shards("eval-rft"), quick_run.run_dir.shards("eval-rft"), "key")
-    for path in (copy.eval_results("rft", "validation"), copy.eval_results("rft"), copy.eval_summary("rft")):
+    assert_same_shards(copy.shards("eval-dpo-step"), quick_run.run_dir.shards("eval-dpo-step"), "key")
+    for path in (copy.eval_results("dpo-step", "validation"), copy.eval_results("dpo-step"), copy.eval_summary("dpo-step")):
         assert path.read_bytes() == (quick_run.run_dir.root / path.relative_to(copy.root)).read_bytes(), path

