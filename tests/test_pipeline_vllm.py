@@ -101,7 +101,8 @@ def test_sampling_again_with_other_batches_gives_the_same_samples(vllm_run, tmp_
         shutil.copytree(run_dir.stage_dir(stage), again.stage_dir(stage))
     shutil.copy(run_dir.config, again.config)
     # Only `sample`: what `select` makes of the same samples is the same (tests/test_select.py). Other batches, and
-    # one at a time in the engine where the run had two in flight (`engine.vllm.batches_in_flight`, default 2).
+    # one at a time in the engine where the run allowed two in flight (`engine.vllm.batches_in_flight`, default 2;
+    # that a second batch does enter is tests/test_rollout.py's).
     other_batches = ["engine.rows_per_batch=7", "engine.vllm.batches_in_flight=1"]
     done = selfexplore("stage", "sample", "configs/tiny.yaml", "name=vllm", f"output_dir={tmp_path}", *quick_overrides, *VLLM, *other_batches)
     assert done.returncode == 0, done.stderr[-3000:]
