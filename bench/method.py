@@ -142,9 +142,10 @@ def main() -> None:
         comparisons.append(("test", False, args.confirm_from, paired_confirm))
     for name, (a, b) in pairs.items():
         for split, right, first, out in comparisons:
-            pooled = paired_difference([outcomes(a, s, split, right)[first:] for s in seeds], [outcomes(b, s, split, right)[first:] for s in seeds])
-            per_seed = [mean_difference(outcomes(a, s, split, right)[first:], outcomes(b, s, split, right)[first:]) for s in seeds]
-            out[name] = {**pooled, "per_seed": per_seed}
+            a_runs = [outcomes(a, s, split, right)[first:] for s in seeds]
+            b_runs = [outcomes(b, s, split, right)[first:] for s in seeds]
+            per_seed = [mean_difference(a_seed, b_seed) for a_seed, b_seed in zip(a_runs, b_runs)]
+            out[name] = {**paired_difference(a_runs, b_runs), "per_seed": per_seed}
     keys = ("examples", "dropped_identical_steps", "first_loss", "final_loss", "rewards/margins", "rewards/accuracies")
     dpo = {}
     for model in ("dpo-outcome", "dpo-step", *(f"dpo-step:{f}" for f in other_formats)):
