@@ -1,9 +1,9 @@
-"""Training survives crashes, with real signals: SIGKILL one Ray Train worker mid-SFT and Ray Train restarts the
-group from the last checkpoint; SIGKILL the driver mid-SFT and the next run resumes from it, not from step 0.
-Either way the final model loads, the manifest says where training picked up and `metrics.jsonl` holds every
-logged step once.
+"""Training survives crashes, with real signals, in one SFT run: SIGKILL the driver mid-SFT and the next run
+resumes from its last checkpoint, not from step 0; then SIGKILL one Ray Train worker and Ray Train restarts the
+group from the checkpoint after that, and the stage finishes. The final model loads, the manifest says where
+training last picked up and `metrics.jsonl` holds every logged step once.
 
-Runs on: CPU, 2 cores, ~3 minutes: `selfexplore stage sft` subprocesses (each with its own in-process Ray,
+Runs on: CPU, 2 cores, ~2 minutes: `selfexplore stage sft` subprocesses (each with its own in-process Ray,
 killed with its whole process group), the quick preset with a checkpoint every 10 of 30 steps, two workers.
 """
 
@@ -40,68 +40,59 @@ def finish(process: subprocess.Popen) -> str:
     return output
 
 
-def wait_for_checkpoint(process: subprocess.Popen, run_dir: Path) -> None:
-    """Until Ray Train has registered a periodic checkpoint of the SFT run (its checkpoint manager's snapshot names
-    one: a checkpoint directory alone may still be mid-report), and training goes on."""
-    storage = RunDir(run_dir).train_storage("sft")
+def latest_checkpoint(run_dir: Path) -> tuple[str, int] | None:
+    """The checkpoint Ray Train has registered last for the SFT run (directory name, training step): its checkpoint
+    manager's snapshot names it (a checkpoint directory alone may still be mid-report)."""
+    snapshots = list(RunDir(run_dir).train_storage("sft").glob("*/checkpoint_manager_snapshot.json"))
+    latest = json.loads(snapshots[0].read_text()).get("latest_checkpoint_result") if snapshots else None
+    return (latest["checkpoint_dir_name"], latest["metrics"]["step"]) if latest else None
+
+
+def next_checkpoint(process: subprocess.Popen, run_dir: Path) -> int:
+    """The step of the next checkpoint Ray Train registers (training goes on); so a run that restarted from a
+    checkpoint must name the step after it, and one that restarted from step 0 the first step again."""
+    before = latest_checkpoint(run_dir)
     deadline = time.time() + 600
-
-    def registered() -> bool:
-        snapshots = list(storage.glob("*/checkpoint_manager_snapshot.json"))
-        return bool(snapshots) and json.loads(snapshots[0].read_text()).get("latest_checkpoint_result") is not None
-
-    while not registered():
+    while (latest := latest_checkpoint(run_dir)) is None or latest == before:
         assert process.poll() is None and time.time() < deadline, "training ended before a checkpoint was registered"
         time.sleep(0.2)
+    return latest[1]
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory, quick_overrides):
     run_dir = tmp_path_factory.mktemp("runs") / "train"
-    # 30 steps: three checkpoints, and 20 steps left to kill training in after the first one.
+    # 30 steps: three checkpoints, and 10 steps after each of the first two to kill training in.
     overrides = [*quick_overrides, f"sft.max_steps={STEPS}", f"sft.save_steps={SAVE_STEPS}", "sft.logging_steps=10"]
     finish(stage("base", run_dir, overrides))
     return run_dir, overrides
 
 
-def sft_past_a_checkpoint(base: tuple[Path, list[str]], tmp_path: Path) -> tuple[subprocess.Popen, Path]:
-    """`stage sft` on a copy of the base run, once it has registered a checkpoint."""
+def test_a_killed_driver_then_a_killed_worker_each_resume_from_the_last_checkpoint(base, tmp_path):
     base_dir, overrides = base
     run_dir = tmp_path / "train"
     shutil.copytree(base_dir, run_dir)
+
+    # The driver, with its whole process group, once the first checkpoint is registered.
     process = stage("sft", run_dir, overrides)
-    wait_for_checkpoint(process, run_dir)
-    return process, run_dir
-
-
-def check_resumed_model(run_dir: Path) -> dict:
-    metrics = RunDir(run_dir).manifest("sft")["metrics"]
-    assert metrics["steps"] == STEPS
-    assert metrics["resumed_from_step"] >= SAVE_STEPS and metrics["resumed_from_step"] % SAVE_STEPS == 0
-    AutoModelForCausalLM.from_pretrained(RunDir(run_dir).model_dir("sft"))
-    # metrics.jsonl holds every logged step once: the restart dropped the steps logged after its checkpoint.
-    assert [row["step"] for row in read_jsonl(RunDir(run_dir).train_logs("sft").metrics)] == [1, 10, 20, 30]
-    return metrics
-
-
-def test_a_killed_training_worker_restarts_from_the_last_checkpoint(base, tmp_path):
-    process, run_dir = sft_past_a_checkpoint(base, tmp_path)
-    workers = session_processes(process.pid, "RayTrainWorker")
-    assert len(workers) == 2
-    workers[-1].send_signal(signal.SIGKILL)
-    output = finish(process)
-    check_resumed_model(run_dir)
-    assert not session_processes(process.pid, "RayTrainWorker"), "no training worker outlives its stage"
-    assert "[sft] done" in output
-
-
-def test_a_killed_driver_resumes_training_from_the_checkpoint(base, tmp_path):
-    process, run_dir = sft_past_a_checkpoint(base, tmp_path)
+    assert next_checkpoint(process, run_dir) == SAVE_STEPS
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert RunDir(run_dir).manifest("sft") is None  # never marked done
 
-    _, overrides = base
-    output = finish(stage("sft", run_dir, overrides))
-    assert "resuming" in output
-    check_resumed_model(run_dir)
+    # The next run picks up there: its first checkpoint is the one after it.
+    process = stage("sft", run_dir, overrides)
+    assert next_checkpoint(process, run_dir) == 2 * SAVE_STEPS
+    # Then one training worker: Ray Train restarts the group from that checkpoint, within the same run.
+    workers = session_processes(process.pid, "RayTrainWorker")
+    assert len(workers) == 2
+    workers[-1].send_signal(signal.SIGKILL)
+    output = finish(process)
+    assert "resuming" in output and "[sft] done" in output
+    assert not session_processes(process.pid, "RayTrainWorker"), "no training worker outlives its stage"
+
+    metrics = RunDir(run_dir).manifest("sft")["metrics"]
+    assert (metrics["steps"], metrics["resumed_from_step"]) == (STEPS, 2 * SAVE_STEPS)  # the worker restart's
+    AutoModelForCausalLM.from_pretrained(RunDir(run_dir).model_dir("sft"))
+    # metrics.jsonl holds every logged step once: each restart dropped the steps logged after its checkpoint.
+    assert [row["step"] for row in read_jsonl(RunDir(run_dir).train_logs("sft").metrics)] == [1, 10, 20, 30]
