@@ -146,7 +146,7 @@ def main() -> None:
             b_runs = [outcomes(b, s, split, right)[first:] for s in seeds]
             per_seed = [mean_difference(a_seed, b_seed) for a_seed, b_seed in zip(a_runs, b_runs)]
             out[name] = {**paired_difference(a_runs, b_runs), "per_seed": per_seed}
-    keys = ("examples", "dropped_identical_steps", "first_loss", "final_loss", "rewards/margins", "rewards/accuracies")
+    keys = ("examples", "first_loss", "final_loss", "rewards/margins", "rewards/accuracies")
     dpo = {}
     for model in ("dpo-outcome", "dpo-step", *(f"dpo-step:{f}" for f in other_formats)):
         dpo[model] = []

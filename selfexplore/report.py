@@ -70,10 +70,11 @@ def report_text(run_dir: RunDir, cfg: RunConfig, wall_s: float | None) -> str:
         )
     if "explore" in metrics:
         explored = metrics["explore"]
+        unpaired = ", ".join(f"{n} {why.replace('_', ' ')}" for why, n in explored.get("dropped", {}).items() if n)
         lines.append(
             f"Exploration: {explored['rejected']} rejected solutions, {explored['probes']} probes "
             f"(k={cfg.explore.k}, {cfg.explore.strategy}), first pits at steps {explored['pit_histogram']}, "
-            f"{explored['step_pairs']} step pairs."
+            f"{explored['step_pairs']} step pairs" + (f" (not paired: {unpaired})." if unpaired else ".")
         )
     walls = {name: m["wall_s"] for name in STAGES if (m := run_dir.manifest(name))}
     this_run = f" (this invocation {wall_s:.0f}s)" if wall_s is not None else ""

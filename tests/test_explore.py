@@ -9,9 +9,8 @@ import pytest
 
 from selfexplore.config import ExploreConfig
 from selfexplore.engines import Completion
-from selfexplore.errors import StageError
 from selfexplore.models import build_char_tokenizer
-from selfexplore.stages.dpo import NextStepPairs
+from selfexplore.stages.dpo import next_step_pairs
 from selfexplore.stages.explore import (
     PitSearch,
     StepPairs,
@@ -68,7 +67,7 @@ class ScriptedEngine:
 
 def build_step_pairs(items: list[dict], results: list[dict]) -> tuple[list[dict], dict]:
     """The step pairs of explored solutions, made as `explore` makes them, and the counts of those dropped."""
-    builder = StepPairs()
+    builder = StepPairs(TASK)
     pairs = [pair for item, result in zip(items, results) if (pair := builder.add(item, pit_summary(result)))]
     return pairs, builder.dropped
 
@@ -90,7 +89,7 @@ def test_first_pit_is_the_first_wrong_step(strategy):
         assert sorted(values) == [1, 2]  # stops at the pit: steps 3 and 4 are never probed
 
     pairs, dropped = build_step_pairs([item()], [result])
-    assert dropped == {"no_pit": 0, "no_chosen": 0, "duplicate": 0, "empty_step": 0}
+    assert dropped == {"no_pit": 0, "chosen_through_pit": 0, "no_chosen": 0, "duplicate": 0, "empty_step": 0}
     (pair,) = pairs
     assert pair["prompt"] == PROMPT + "1 + 2 = 3\n"
     assert pair["rejected"] == "3 + 4 = 8\n"
@@ -248,20 +247,34 @@ def test_step_pairs_never_reuse_a_chosen_or_repeat_a_pair_within_a_problem():
     assert len(pairs) == 1 and dropped["duplicate"] + dropped["no_chosen"] == 1
 
 
-def test_next_step_pairs_keep_one_step_on_each_side_and_drop_pairs_of_the_same_step():
+def test_a_chosen_that_begins_with_the_pit_step_is_never_paired_with_it():
+    """It reached the answer through the step the pair rejects: the next shortest correct completion is the chosen,
+    and with none left, or for a pit at step 1 whose outcome chosen begins with step 1, the pair is dropped."""
+    steps = ["1 + 2 = 3\n", "3 + 4 = 8\n", "8 - 1 = 7\n", "The answer is 7"]
+    through = "3 + 4 = 8\n8 - 2 = 6\nThe answer is 6"  # a lucky completion through the pit step, and the shortest
+    right = "3 + 4 = 7\n7 - 1 = 6\nThe answer is 6"
+
+    def summary(pit, candidates):
+        return {"pit": pit, "steps_before_pit": "".join(steps[: pit - 1]), "pit_step": steps[pit - 1], "candidates": candidates}
+
+    builder = StepPairs(TASK)
+    assert builder.add(item(key="a/0"), summary(2, [through, right]))["chosen"] == right
+    assert builder.add(item(key="b/0"), summary(2, [through])) is None
+    # Pit at step 1: the outcome pair's chosen is the only candidate; here it begins with the rejected step 1.
+    assert builder.add(item(key="c/0"), summary(1, [])) is None
+    assert builder.add(item(key="d/0", chosen="1 + 2 = 4\n4 + 4 = 6\nThe answer is 6"), summary(1, []))["rejected"] == steps[0]
+    assert builder.dropped["chosen_through_pit"] == 2 and sum(builder.dropped.values()) == 2
+
+
+def test_next_step_pairs_keep_one_step_on_each_side():
     pair = {"prompt": PROMPT + "1 + 2 = 3\n", "chosen": "3 + 4 = 7\n7 - 1 = 6\nThe answer is 6", "rejected": "3 + 4 = 8\n", "id": "a", "kind": "step", "pit_step": 2}
-    same_step = {**pair, "chosen": "3 + 4 = 8\n8 - 2 = 6\nThe answer is 6"}  # a lucky completion through the pit step
     last_step = {**pair, "prompt": PROMPT + "1 + 2 = 3\n3 + 4 = 7\n7 - 1 = 6\n", "chosen": "The answer is 6", "rejected": "The answer is 5"}
-    next_step = NextStepPairs([pair, same_step, last_step], TASK)
-    pairs = list(next_step)
-    assert next_step.identical == 1
+    pairs = list(next_step_pairs([pair, last_step], TASK))
     assert [(p["chosen"], p["rejected"], p["kind"]) for p in pairs] == [
         ("3 + 4 = 7\n", "3 + 4 = 8\n", "next_step"),
         ("The answer is 6", "The answer is 5", "next_step"),
     ]
     assert pairs[0]["prompt"] == pair["prompt"]
-    with pytest.raises(StageError, match="explore.pair_format=full"):  # nothing left: one line saying what to do
-        list(NextStepPairs([same_step], TASK))
 
 
 def test_rejected_items_and_step_values():

@@ -52,7 +52,7 @@ def finished(tmp_path):
     samples = [{"id": f"p{i}", "samples": [{"correct": j < c} for j in range(4)]} for i, c in enumerate([0, 1, 2])]
     write_jsonl(run_dir.path(SAMPLES) / "part-00000.jsonl", samples)
     finish(run_dir, cfg, "select", {"rft_rows": 3, "outcome_pairs": 3})
-    finish(run_dir, cfg, "explore", {"rejected": 6, "probes": 9, "step_pairs": 5, "pit_histogram": {"1": 2, "2": 3, "4": 1}})
+    finish(run_dir, cfg, "explore", {"rejected": 6, "probes": 9, "step_pairs": 5, "pit_histogram": {"1": 2, "2": 3, "4": 1}, "dropped": {"chosen_through_pit": 1, "no_chosen": 0}})
     write_jsonl(run_dir.path(STEP_VALUES), [{"id": "p0", "rejected_idx": 0, "step": s, "k": 4, "n_correct": n} for s, n in [(1, 3), (2, 1), (3, 0), (1, 4), (2, 0)]])
     for stage, slope in (("dpo-outcome", 0.02), ("dpo-step", 0.05)):
         write_jsonl(run_dir.train_logs(stage).metrics, dpo_log(slope))
@@ -88,6 +88,7 @@ def test_report_draws_every_figure_as_a_png_linked_from_report_md(finished):
     text = write_report(run_dir, cfg)
     assert "| Self-Explore (step pairs) | 30.0% |" in text and "![" not in text  # the terminal gets no image links
     assert "| 12 / 40 | 30.0% | 15.0% |" in text  # 6 of its 12 solved problems with every step right
+    assert "5 step pairs (not paired: 1 chosen through pit)." in text  # why the others made no pair
     # The same 40 problems: SFT solved the first 10, Self-Explore the first 12.
     assert "| Self-Explore (step pairs) − SFT | +5.0 | +0.0 to +12.5 | 0 / 2 |" in text
     report = run_dir.report.read_text()

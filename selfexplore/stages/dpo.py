@@ -10,7 +10,6 @@ scale they are hundreds of megabytes of text.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
 from selfexplore.config import RunConfig
 from selfexplore.errors import StageError
@@ -19,39 +18,26 @@ from selfexplore.run_dir import STEP_PAIRS, RunDir, outcome_pairs
 from selfexplore.tasks import get_task
 from selfexplore.train import train_dpo
 
-@dataclass
-class NextStepPairs:
+
+def next_step_pairs(pairs: Iterable[dict], task) -> Iterator[dict]:
     """Step-DPO's pairs from the paper's, as `pairs` is read: the chosen cut to its first step, the one that follows
-    the prompt as the rejected pit step does. A pair whose two steps are then the same text teaches nothing and is
-    dropped; `identical` counts those once the pairs have been read."""
-
-    pairs: Iterable[dict]
-    task: object
-    identical: int = 0
-
-    def __iter__(self) -> Iterator[dict]:
-        kept = 0
-        for pair in self.pairs:
-            _, end = self.task.split_steps(pair["chosen"])[0]
-            if pair["chosen"][:end] == pair["rejected"]:
-                self.identical += 1
-                continue
-            kept += 1
-            yield {**pair, "chosen": pair["chosen"][:end], "kind": "next_step"}
-        if not kept:
-            raise StageError(f"every one of the {self.identical} step pairs has the pit step as its chosen's first step: no "
-                             "`next_step` pairs to train on; set explore.pair_format=full")
+    the prompt as the rejected pit step does (never the pit step itself: `explore` pairs no chosen that begins with
+    it)."""
+    for pair in pairs:
+        _, end = task.split_steps(pair["chosen"])[0]
+        yield {**pair, "chosen": pair["chosen"][:end], "kind": "next_step"}
 
 
 def run(cfg: RunConfig, run_dir: RunDir, kind: str) -> dict:
     path = run_dir.path(outcome_pairs(cfg) if kind == "outcome" else STEP_PAIRS)
     if next(iter_jsonl(path), None) is None:
         raise StageError(f"no {kind} pairs to train on in {path}")
-    next_step = NextStepPairs(iter_jsonl(path), get_task(cfg.task.name)) if kind == "step" and cfg.explore.pair_format == "next_step" else None
-    pairs = next_step if next_step is not None else iter_jsonl(path)
+    pairs = iter_jsonl(path)
+    if kind == "step" and cfg.explore.pair_format == "next_step":
+        pairs = next_step_pairs(pairs, get_task(cfg.task.name))
     rft_model = run_dir.model_dir("rft")
     stage = f"dpo-{kind}"
     metrics = train_dpo(pairs, rft_model, rft_model, run_dir.model_dir(stage), cfg.dpo, run_dir.train_storage(stage), logs=run_dir.train_logs(stage))
     if kind == "step":
-        metrics |= {"pair_format": cfg.explore.pair_format, "dropped_identical_steps": next_step.identical if next_step is not None else 0}
+        metrics["pair_format"] = cfg.explore.pair_format
     return metrics

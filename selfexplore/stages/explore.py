@@ -6,8 +6,14 @@ The **first pit** is the first step j after which none of the k completions is c
 
     prompt   = question + steps 1..j-1
     chosen   = the shortest correct completion sampled from that prompt (for j = 1: the outcome pair's chosen,
-               itself a correct sample from the bare question)
+               itself a correct sample from the bare question) that does not begin with step j
     rejected = step j alone (a partial solution: DPO gives it no end-of-sequence token)
+
+A correct completion that begins with step j reached the answer through it: it contradicts the pit (a miss of the
+k samples), and as the chosen it would hold the rejected step as its own prefix, so DPO's margin would be the
+chosen's tail alone and nothing would be pushed down. The original code meant to filter these out (its filter
+tested list membership instead, `reference/selfexplore-method.md` §9.7); when every candidate does, the pair is
+dropped (`chosen_through_pit`).
 
 (`explore.pair_format: next_step` cuts the chosen to its first step when `dpo-step` reads the pairs: Step-DPO's.)
 
@@ -220,9 +226,10 @@ class StepPairs:
     (prompt, rejected) repeats. It remembers a digest of what the pairs used, not their text (hundreds of MB at
     paper scale)."""
 
-    def __init__(self):
+    def __init__(self, task):
+        self.task = task
         self.used: set[bytes] = set()
-        self.dropped = {"no_pit": 0, "no_chosen": 0, "duplicate": 0, "empty_step": 0}
+        self.dropped = {"no_pit": 0, "chosen_through_pit": 0, "no_chosen": 0, "duplicate": 0, "empty_step": 0}
 
     def add(self, item: dict, summary: dict) -> dict | None:
         """The step pair of one explored solution, or None (counted in `dropped` by why)."""
@@ -236,6 +243,10 @@ class StepPairs:
             self.dropped["empty_step"] += 1
             return None
         candidates = [item["chosen"]] if pit == 1 else summary["candidates"]
+        candidates = [c for c in candidates if self._first_step(c) != rejected.strip()]
+        if not candidates:
+            self.dropped["chosen_through_pit"] += 1
+            return None
         candidates = [c for c in candidates if _digest("chosen", item["id"], c) not in self.used]
         if not candidates:
             self.dropped["no_chosen"] += 1
@@ -245,6 +256,10 @@ class StepPairs:
             return None
         self.used.update({_digest("chosen", item["id"], candidates[0]), _digest("rejected", item["id"], prompt, rejected)})
         return {"prompt": prompt, "chosen": candidates[0], "rejected": rejected, "id": item["id"], "kind": "step", "pit_step": pit}
+
+    def _first_step(self, text: str) -> str:
+        steps = self.task.split_steps(text)
+        return text[: steps[0][1]].strip() if steps else ""
 
 
 def _digest(*parts: str) -> bytes:
@@ -260,7 +275,8 @@ def step_value_rows(summary: dict, k: int) -> list[dict]:
 
 
 def run(cfg: RunConfig, run_dir: RunDir) -> dict:
-    answers = {p["id"]: p["answer"] for p in get_task(cfg.task.name).load("train", cfg.task)}
+    task = get_task(cfg.task.name)
+    answers = {p["id"]: p["answer"] for p in task.load("train", cfg.task)}
 
     def items() -> Iterator[dict]:  # read from the outcome pairs each time, so they are never all in memory
         return rejected_items(iter_jsonl(run_dir.path(outcome_pairs(cfg))), answers, cfg.explore.max_rejected)
@@ -268,7 +284,7 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     worker_kwargs = dict(model_dir=run_dir.model_dir("rft"), engine_cfg=cfg.engine, task_name=cfg.task.name, explore_cfg=cfg.explore)
     run_rollout(items(), ExploreWorker, worker_kwargs, cfg.engine, run_dir.path(PROBES), key="key", what="rejected solutions explored")
     # The sealed shards hold the results in item order: one item and its explored solution in memory at a time.
-    step_pairs, pits = StepPairs(), collections.Counter()
+    step_pairs, pits = StepPairs(task), collections.Counter()
     n_rejected = n_pairs = n_probes = generated_tokens = 0
     with atomic_open(run_dir.path(STEP_PAIRS)) as pairs_out, atomic_open(run_dir.path(STEP_VALUES)) as values_out:
         for item, result in zip(items(), iter_results(run_dir.path(PROBES)), strict=True):
