@@ -8,8 +8,9 @@ one's first wrong step whenever the right one took no detour. DPO's loss sees on
 shared leading tokens have the same probability in both and cancel in the margin. Such an outcome pair already
 acts from the first wrong step on, as a step pair at the true pit would. Per run (`select.rejected_from` decides
 which outcome pairs the run explored and trained on):
-- outcome pairs: the share whose chosen has the rejected's steps before its first wrong step (`shares_prefix`),
-  whose rejected has a right first step, whose chosen holds a wrong step (a lucky answer);
+- outcome pairs: the share whose chosen has the rejected's steps before its first wrong step (`shares_prefix`; a
+  first wrong step at step 1 leaves nothing to share, so also among those whose first step is right), whose
+  rejected has a right first step, whose chosen holds a wrong step (a lucky answer);
 - step pairs (`explore/gpairs.jsonl`): the labels the truth contradicts (`bench/dpo_diagnosis.py`'s
   `label_quality`), and the explored solutions that made no pair, by why (the explore stage's `dropped`).
 
@@ -34,7 +35,7 @@ def steps(text: str) -> list[str]:
 
 def outcome_pair_quality(pairs: list[dict]) -> dict:
     """For the outcome pairs whose rejected has a wrong step (all, unless it only failed to answer)."""
-    shares = first_right = lucky = n = 0
+    shares = shares_after_right = first_right = lucky = n = 0
     for pair in pairs:
         question = pair["prompt"].strip()
         wrong = first_wrong_step(question, pair["rejected"])
@@ -44,12 +45,15 @@ def outcome_pair_quality(pairs: list[dict]) -> dict:
         rejected, chosen = steps(pair["rejected"]), steps(pair["chosen"])
         shares += rejected[: wrong - 1] == chosen[: wrong - 1]
         first_right += wrong > 1
+        shares_after_right += wrong > 1 and rejected[: wrong - 1] == chosen[: wrong - 1]
         lucky += first_wrong_step(question, pair["chosen"]) is not None
     return {
         "pairs": len(pairs),
         "with_a_wrong_step": n,
         "shares_prefix": shares / max(1, n),
         "rejected_first_step_right": first_right / max(1, n),
+        # the same share where there is a prefix to share (a first wrong step at step 1 shares nothing, trivially)
+        "shares_prefix_when_first_step_right": shares_after_right / max(1, first_right),
         "chosen_with_a_wrong_step": lucky / max(1, n),
     }
 

@@ -263,6 +263,9 @@ def test_a_chosen_that_begins_with_the_pit_step_is_never_paired_with_it():
     # Pit at step 1: the outcome pair's chosen is the only candidate; here it begins with the rejected step 1.
     assert builder.add(item(key="c/0"), summary(1, [])) is None
     assert builder.add(item(key="d/0", chosen="1 + 2 = 4\n4 + 4 = 6\nThe answer is 6"), summary(1, []))["rejected"] == steps[0]
+    # A token straddling the step's end put the next step's first character into the pit step (`step_cuts`).
+    straddled = {**summary(2, [through, right]), "pit_step": "3 + 4 = 8\n8"}
+    assert builder.add(item(key="e/0"), straddled)["chosen"] == right
     assert builder.dropped["chosen_through_pit"] == 2 and sum(builder.dropped.values()) == 2
 
 

@@ -223,8 +223,8 @@ def pit_summary(result: dict) -> dict:
 
 class StepPairs:
     """Step pairs from the pits, one explored solution at a time; per problem, no chosen is used twice and no
-    (prompt, rejected) repeats. It remembers a digest of what the pairs used, not their text (hundreds of MB at
-    paper scale)."""
+    (prompt, rejected) repeats, and no chosen begins with its rejected step. It remembers a digest of what the pairs
+    used, not their text (hundreds of MB at paper scale)."""
 
     def __init__(self, task):
         self.task = task
@@ -243,7 +243,7 @@ class StepPairs:
             self.dropped["empty_step"] += 1
             return None
         candidates = [item["chosen"]] if pit == 1 else summary["candidates"]
-        candidates = [c for c in candidates if self._first_step(c) != rejected.strip()]
+        candidates = [c for c in candidates if not self._begins_with(c, rejected)]
         if not candidates:
             self.dropped["chosen_through_pit"] += 1
             return None
@@ -257,9 +257,11 @@ class StepPairs:
         self.used.update({_digest("chosen", item["id"], candidates[0]), _digest("rejected", item["id"], prompt, rejected)})
         return {"prompt": prompt, "chosen": candidates[0], "rejected": rejected, "id": item["id"], "kind": "step", "pit_step": pit}
 
-    def _first_step(self, text: str) -> str:
-        steps = self.task.split_steps(text)
-        return text[: steps[0][1]].strip() if steps else ""
+    def _begins_with(self, candidate: str, step: str) -> bool:
+        """`candidate`'s first step is `step`; or its text starts with `step`'s, which can hold the first characters
+        of the next step too when a token straddles the step's end (`step_cuts`)."""
+        (_, end), *_ = self.task.split_steps(candidate)
+        return candidate[:end].strip() == step.strip() or candidate.startswith(step)
 
 
 def _digest(*parts: str) -> bytes:
