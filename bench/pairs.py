@@ -43,9 +43,10 @@ def outcome_pair_quality(pairs: list[dict]) -> dict:
             continue
         n += 1
         rejected, chosen = steps(pair["rejected"]), steps(pair["chosen"])
-        shares += rejected[: wrong - 1] == chosen[: wrong - 1]
+        shared = rejected[: wrong - 1] == chosen[: wrong - 1]
+        shares += shared
         first_right += wrong > 1
-        shares_after_right += wrong > 1 and rejected[: wrong - 1] == chosen[: wrong - 1]
+        shares_after_right += wrong > 1 and shared
         lucky += first_wrong_step(question, pair["chosen"]) is not None
     return {
         "pairs": len(pairs),
