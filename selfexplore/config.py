@@ -45,6 +45,11 @@ class ArithConfig:
     """Number of generated test problems (disjoint from the training problems)."""
     seed: int = 1234
     """Seed of the generator: the same seed gives the same problems on every machine."""
+    swap_operands: float = 0.0
+    """Share of the `+` and `*` steps of the gold solutions written with their operands swapped (`3 + 5 = 8` for
+    "has 5 ... gets 3 more"), both orders being right. 0: every problem has one right solution, so a correct and a
+    wrong solution share every step before the wrong one; 0.5: right solutions vary step by step, as GSM8K's do.
+    Changes no question (its own random stream)."""
 
 
 @dataclass
@@ -454,6 +459,8 @@ def check_run(cfg: RunConfig, source: str) -> None:
         raise ConfigError(f"{source}: `task.arith.ops` must be a non-empty subset of `+-*`, got {arith.ops!r}")
     if arith.max_operand < 1 or arith.n_train < 1 or arith.n_test < 1:
         raise ConfigError(f"{source}: `task.arith.max_operand`, `n_train` and `n_test` must be at least 1")
+    if not 0.0 <= arith.swap_operands <= 1.0:
+        raise ConfigError(f"{source}: `task.arith.swap_operands` must be between 0 and 1, got {arith.swap_operands}")
 
 
 def fingerprint(*parts) -> str:

@@ -84,6 +84,22 @@ def test_gold_solutions_have_no_wrong_step_and_a_changed_result_is_found():
         assert arith.first_wrong_step(p["question"], "\n".join(lines)) == step + 1
 
 
+def test_swapped_operands_vary_the_gold_solutions_and_nothing_else():
+    plain = TaskConfig(arith=ArithConfig(ops="+-*", n_train=300, n_test=50))
+    swapped = TaskConfig(arith=ArithConfig(ops="+-*", n_train=300, n_test=50, swap_operands=0.5))
+    for split in ("train", "test"):
+        before, after = arith.load(split, plain), arith.load(split, swapped)
+        assert [{**p, "solution": ""} for p in before] == [{**p, "solution": ""} for p in after]
+        changed = [(p, q) for p, q in zip(before, after) if p["solution"] != q["solution"]]
+        assert 0.2 * len(before) < len(changed) < 0.9 * len(before)
+        for p, q in changed:
+            assert arith.first_wrong_step(q["question"], q["solution"]) is None and arith.grade(q["solution"], q["answer"])
+            for old, new in zip(p["solution"].split("\n"), q["solution"].split("\n")):
+                if old != new:  # the same equation with its operands swapped, never a subtraction
+                    a, op, b, _, result = old.split()
+                    assert op in "+*" and new == f"{b} {op} {a} = {result}"
+
+
 def test_a_question_of_another_task_is_an_error():
     with pytest.raises(ValueError, match="not an arith question"):
         arith.first_wrong_step("What is 2 + 2?", "2 + 2 = 4")

@@ -36,6 +36,7 @@ def test_tiny_config_loads_and_overrides_apply():
         ("task.arith.min_ops=4", "`task.arith.min_ops` (4) must be at least 1 and at most `task.arith.max_ops` (3)"),
         ("task.arith.ops=+/", "`task.arith.ops` must be a non-empty subset of `+-*`, got '+/'"),
         ("task.arith.n_test=0", "`task.arith.max_operand`, `n_train` and `n_test` must be at least 1"),
+        ("task.arith.swap_operands=2", "`task.arith.swap_operands` must be between 0 and 1, got 2.0"),
         ("output_dir=s3://bucket/runs", "`output_dir` 's3://bucket/runs': URIs are not supported"),
     ],
 )

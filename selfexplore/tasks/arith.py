@@ -29,7 +29,9 @@ PHRASES = {
 APPLY = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 
 
-def generate_problem(rng: random.Random, cfg: ArithConfig) -> dict:
+def generate_problem(rng: random.Random, cfg: ArithConfig, order_rng: random.Random) -> dict:
+    """One problem from `rng`; `order_rng` alone decides which `+`/`*` steps of the gold solution are written with
+    their operands swapped (`task.arith.swap_operands`), so that setting changes no question."""
     name, obj = rng.choice(NAMES), rng.choice(OBJECTS)
     pronoun = "she" if name in ("Ana", "Mia", "Eva", "Ivy", "Zoe") else "he"
     value = rng.randint(1, cfg.max_operand)
@@ -41,7 +43,8 @@ def generate_problem(rng: random.Random, cfg: ArithConfig) -> dict:
         operand = rng.randint(1, value if op == "-" else cfg.max_operand)
         result = APPLY[op](value, operand)
         sentences.append(rng.choice(PHRASES[op]).format(p=pronoun, n=operand))
-        lines.append(f"{value} {op} {operand} = {result}")
+        first, second = (operand, value) if op != "-" and order_rng.random() < cfg.swap_operands else (value, operand)
+        lines.append(f"{first} {op} {second} = {result}")
         value = result
     sentences.append(f"How many {obj} does {name} have now?")
     lines.append(f"The answer is {value}")
@@ -53,7 +56,7 @@ def load(split: str, cfg: TaskConfig) -> list[dict]:
     never appear in train; all are fixed by `cfg.arith.seed` (settings checked by `config.check_run`)."""
     source = source_split(split, "arith")
     acfg = cfg.arith
-    rng = random.Random(acfg.seed)
+    rng, order_rng = random.Random(acfg.seed), random.Random(f"{acfg.seed}:operand-order")
     seen: set[str] = set()
     splits: dict[str, list[dict]] = {"train": [], "test": []}
     for name, size in (("train", acfg.n_train), ("test", acfg.n_test)):
@@ -62,7 +65,7 @@ def load(split: str, cfg: TaskConfig) -> list[dict]:
             attempts += 1
             if attempts > 50 * (size + 10):
                 raise ValueError(f"task.arith: cannot generate {size} distinct {name} problems at this difficulty")
-            problem = generate_problem(rng, acfg)
+            problem = generate_problem(rng, acfg, order_rng)
             if problem["question"] in seen:
                 continue
             seen.add(problem["question"])
