@@ -78,6 +78,15 @@ def generation(c: RunConfig) -> tuple:
     return (c.engine.backend, c.engine.dtype, c.engine.num_gpus > 0)
 
 
+def problems(c: RunConfig) -> dict:
+    """The task settings; `task.arith.swap_operands` only when not 0, so that runs made before the key existed (with
+    one order) keep their fingerprints, and so their data and models."""
+    settings = asdict(c.task)
+    if settings["arith"]["swap_operands"] == 0:
+        del settings["arith"]["swap_operands"]
+    return settings
+
+
 def selection(c: RunConfig) -> dict:
     """The select settings that decide the RFT set and the SFT samples' pairs; `select.rejected_from` only decides
     which pairs later stages read (so switching it never retrains RFT)."""
@@ -117,19 +126,19 @@ class Stage:
 
 
 def eval_stage(model_stage: str) -> Stage:
-    return Stage(f"eval-{model_stage}", (model(model_stage),), lambda c: (c.task, c.eval.max_tokens, generation(c)), f"eval/{model_stage}")
+    return Stage(f"eval-{model_stage}", (model(model_stage),), lambda c: (problems(c), c.eval.max_tokens, generation(c)), f"eval/{model_stage}")
 
 
 STAGES: dict[str, Stage] = {
     stage.name: stage
     for stage in [
         Stage("base", (), lambda c: (c.model,)),
-        Stage("sft", (BASE_MODEL,), lambda c: (c.task, training(c.sft))),
-        Stage("sample", (model("sft"),), lambda c: (c.task, c.sample, generation(c))),
+        Stage("sft", (BASE_MODEL,), lambda c: (problems(c), training(c.sft))),
+        Stage("sample", (model("sft"),), lambda c: (problems(c), c.sample, generation(c))),
         Stage("select", (SAMPLES,), lambda c: (selection(c),)),
-        Stage("rft", (BASE_MODEL, RFT_SET), lambda c: (c.task, training(c.rft))),
-        Stage("rft-greedy", (model("rft"), RFT_SET), lambda c: (c.task, c.sample, generation(c))),
-        Stage("explore", (model("rft"), outcome_pairs), lambda c: (c.task, search(c), generation(c))),
+        Stage("rft", (BASE_MODEL, RFT_SET), lambda c: (problems(c), training(c.rft))),
+        Stage("rft-greedy", (model("rft"), RFT_SET), lambda c: (problems(c), c.sample, generation(c))),
+        Stage("explore", (model("rft"), outcome_pairs), lambda c: (problems(c), search(c), generation(c))),
         Stage("dpo-outcome", (model("rft"), outcome_pairs), lambda c: (training(c.dpo),)),
         Stage("dpo-step", (model("rft"), STEP_PAIRS), lambda c: (training(c.dpo), c.explore.pair_format)),
         *(eval_stage(name) for name in TRAINED_MODELS),

@@ -1,5 +1,7 @@
 """The generated `arith` task: splits, format, steps and grading. Runs on: CPU."""
 
+import hashlib
+import json
 import random
 
 import pytest
@@ -82,6 +84,12 @@ def test_gold_solutions_have_no_wrong_step_and_a_changed_result_is_found():
         lhs, result = lines[step].split(" = ")
         lines[step] = f"{lhs} = {int(result) + 1}"
         assert arith.first_wrong_step(p["question"], "\n".join(lines)) == step + 1
+
+
+def test_the_seed_gives_the_problems_it_gave_before_swap_operands_existed():
+    cfg = TaskConfig(arith=ArithConfig(ops="+-*", n_train=300, n_test=50))
+    digest = {split: hashlib.sha256(json.dumps(arith.load(split, cfg)).encode()).hexdigest()[:16] for split in ("train", "test")}
+    assert digest == {"train": "afc3263fff7ff9a2", "test": "7985ca57d19466a9"}  # computed at f429687
 
 
 def test_swapped_operands_vary_the_gold_solutions_and_nothing_else():

@@ -6,7 +6,7 @@ import pytest
 
 from selfexplore.config import RunConfig, fingerprint, load_config
 from selfexplore.errors import ConfigError
-from selfexplore.run_dir import STAGES, pipeline_stages, stage_fingerprint
+from selfexplore.run_dir import STAGES, pipeline_stages, problems, stage_fingerprint
 
 
 def test_tiny_config_loads_and_overrides_apply():
@@ -94,4 +94,16 @@ def test_the_attention_kernel_retrains_its_stages_and_runs_from_before_the_key_k
     assert stale == ["dpo-outcome", "dpo-step", "eval-dpo-outcome", "eval-dpo-step"]
     # `auto` is what every run before the key used: its fingerprint is the one a config without the key had.
     without_key = {key: value for key, value in asdict(auto.sft).items() if key != "attn_implementation"}
-    assert stage_fingerprint(auto, "sft") == fingerprint("sft", auto.task, without_key, stage_fingerprint(auto, "base"))
+    assert stage_fingerprint(auto, "sft") == fingerprint("sft", problems(auto), without_key, stage_fingerprint(auto, "base"))
+
+
+def test_swapped_operands_regenerate_the_data_and_runs_from_before_the_key_keep_their_fingerprints():
+    one_order, swapped = load_config("configs/tiny.yaml", []), load_config("configs/tiny.yaml", ["task.arith.swap_operands=0.5"])
+    stale = [s for s in pipeline_stages(one_order) if stage_fingerprint(one_order, s) != stage_fingerprint(swapped, s)]
+    assert stale == [s for s in pipeline_stages(one_order) if s != "base"]
+    # 0 is what every run before the key had: its fingerprint is the one a config without the key had.
+    without_key = asdict(one_order.task)
+    del without_key["arith"]["swap_operands"]
+    sft = one_order.sft
+    assert stage_fingerprint(one_order, "sft") == fingerprint("sft", without_key, asdict(sft), stage_fingerprint(one_order, "base"))
+
