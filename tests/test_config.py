@@ -104,6 +104,4 @@ def test_swapped_operands_regenerate_the_data_and_runs_from_before_the_key_keep_
     # 0 is what every run before the key had: its fingerprint is the one a config without the key had.
     without_key = asdict(one_order.task)
     del without_key["arith"]["swap_operands"]
-    sft = one_order.sft
-    assert stage_fingerprint(one_order, "sft") == fingerprint("sft", without_key, asdict(sft), stage_fingerprint(one_order, "base"))
-
+    assert stage_fingerprint(one_order, "sft") == fingerprint("sft", without_key, asdict(one_order.sft), stage_fingerprint(one_order, "base"))
