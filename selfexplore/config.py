@@ -263,11 +263,13 @@ class SelectConfig:
 
     max_rft_per_problem: int = 8
     """Most distinct correct solutions per problem in the RFT set (and outcome pairs per problem)."""
-    rejected_from: Literal["samples", "rft_greedy"] = "samples"
+    rejected_from: Literal["samples", "rft_greedy", "rft_samples"] = "samples"
     """The rejected side of the outcome pairs, which `explore` searches for pits and `dpo-outcome` trains on:
     `samples`, the SFT model's wrong samples (the paper's D_pair); `rft_greedy`, the RFT model's own greedy
     solution where it is wrong, paired with the problem's first correct sample (one pair per problem; the stage
-    `rft-greedy`). DPO starts from RFT, and RFT already prefers the chosen side of most SFT-sample pairs."""
+    `rft-greedy`); `rft_samples`, pairs selected as `samples`' are, from samples of the RFT model drawn with the
+    `sample` settings (the stage `rft-sample`: a second sampling). DPO starts from RFT, and RFT already prefers the
+    chosen side of most SFT-sample pairs."""
 
 
 @dataclass

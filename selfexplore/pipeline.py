@@ -26,7 +26,7 @@ from selfexplore.errors import USER_ERRORS, StageError, root_cause
 from selfexplore.io import atomic_write, write_json
 from selfexplore.report import write_report
 from selfexplore.run_dir import STAGES, TRAINED_MODELS, RunDir, pipeline_stages, stage_fingerprint
-from selfexplore.stages import base, dpo, explore, rft, rft_greedy, sample, select, sft
+from selfexplore.stages import base, dpo, explore, rft, rft_greedy, rft_sample, sample, select, sft
 from selfexplore.stages import eval as eval_stage
 from selfexplore.status import key_figure
 from selfexplore.tasks import get_task
@@ -39,6 +39,7 @@ RUNNERS: dict[str, Callable[[RunConfig, RunDir], dict]] = {
     "select": select.run,
     "rft": rft.run,
     "rft-greedy": rft_greedy.run,
+    "rft-sample": rft_sample.run,
     "explore": explore.run,
     "dpo-outcome": functools.partial(dpo.run, kind="outcome"),
     "dpo-step": functools.partial(dpo.run, kind="step"),

@@ -15,7 +15,7 @@ from selfexplore import figures
 from selfexplore.config import RunConfig
 from selfexplore.io import atomic_write, read_json, read_jsonl
 from selfexplore.rollout import iter_results
-from selfexplore.run_dir import MODEL_TITLES, ON_POLICY_PAIRS, SAMPLES, STAGES, STEP_VALUES, TRAINED_MODELS, RunDir, outcome_pairs
+from selfexplore.run_dir import MODEL_TITLES, ON_POLICY_PAIRS, RFT_SAMPLE_PAIRS, SAMPLES, STAGES, STEP_VALUES, TRAINED_MODELS, RunDir, outcome_pairs
 from selfexplore.stats import paired_difference
 from selfexplore.tasks.arith import solved_by_right_steps
 
@@ -67,6 +67,13 @@ def report_text(run_dir: RunDir, cfg: RunConfig, wall_s: float | None) -> str:
         lines.append(
             f"On-policy outcome pairs (`select.rejected_from: rft_greedy`): RFT solved {greedy['greedy_accuracy']:.1%} of "
             f"{greedy['problems']} training problems greedily; {greedy['outcome_pairs']} pairs of its wrong solutions, the ones explored and trained on."
+        )
+    if "rft-sample" in metrics and outcome_pairs(cfg) == RFT_SAMPLE_PAIRS:
+        sampled = metrics["rft-sample"]
+        lines.append(
+            f"On-policy outcome pairs (`select.rejected_from: rft_samples`): {sampled['sample_accuracy']:.1%} of "
+            f"{sampled['samples']} samples of the RFT model correct, pass@{cfg.sample.n} {sampled['pass_at_n']:.1%}; "
+            f"{sampled['outcome_pairs']} pairs of its own samples, the ones explored and trained on."
         )
     if "explore" in metrics:
         explored = metrics["explore"]

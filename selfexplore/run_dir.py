@@ -10,6 +10,8 @@
       select/rft.jsonl  select/pairs.jsonl    the RFT set and the outcome pairs (of the SFT model's samples)
       rft-greedy/solutions/rows-*.jsonl  rft-greedy/pairs.jsonl    with `select.rejected_from: rft_greedy`: the RFT
                                           model's greedy solutions and the outcome pairs built on them
+      rft-sample/samples/rows-*.jsonl  rft-sample/correct.jsonl  rft-sample/pairs.jsonl    with `select.rejected_from:
+                                          rft_samples`: the RFT model's samples, and the outcome pairs selected from them
       explore/probes/rows-*.jsonl  explore/gpairs.jsonl  explore/step_values.jsonl
       eval/<model>/{validation,test}.jsonl  eval/<model>/{validation,test}.summary.json
       <stage>/started.json  <stage>/manifest.json
@@ -52,6 +54,9 @@ RFT_SET = Artifact("select", "rft.jsonl")
 OUTCOME_PAIRS = Artifact("select", "pairs.jsonl")
 RFT_GREEDY = Artifact("rft-greedy", "solutions")
 ON_POLICY_PAIRS = Artifact("rft-greedy", "pairs.jsonl")
+RFT_SAMPLES = Artifact("rft-sample", "samples")
+RFT_SAMPLE_CORRECT = Artifact("rft-sample", "correct.jsonl")
+RFT_SAMPLE_PAIRS = Artifact("rft-sample", "pairs.jsonl")
 PROBES = Artifact("explore", "probes")
 STEP_PAIRS = Artifact("explore", "gpairs.jsonl")
 STEP_VALUES = Artifact("explore", "step_values.jsonl")
@@ -68,7 +73,7 @@ def model(stage: str) -> Artifact:
 
 def outcome_pairs(c: RunConfig) -> Artifact:
     """The outcome pairs that `explore` searches and `dpo-outcome` trains on, as `select.rejected_from` says."""
-    return ON_POLICY_PAIRS if c.select.rejected_from == "rft_greedy" else OUTCOME_PAIRS
+    return {"samples": OUTCOME_PAIRS, "rft_greedy": ON_POLICY_PAIRS, "rft_samples": RFT_SAMPLE_PAIRS}[c.select.rejected_from]
 
 
 def generation(c: RunConfig) -> tuple:
@@ -138,6 +143,7 @@ STAGES: dict[str, Stage] = {
         Stage("select", (SAMPLES,), lambda c: (selection(c),)),
         Stage("rft", (BASE_MODEL, RFT_SET), lambda c: (problems(c), training(c.rft))),
         Stage("rft-greedy", (model("rft"), RFT_SET), lambda c: (problems(c), c.sample, generation(c))),
+        Stage("rft-sample", (model("rft"),), lambda c: (problems(c), c.sample, selection(c), generation(c))),
         Stage("explore", (model("rft"), outcome_pairs), lambda c: (problems(c), search(c), generation(c))),
         Stage("dpo-outcome", (model("rft"), outcome_pairs), lambda c: (training(c.dpo),)),
         Stage("dpo-step", (model("rft"), STEP_PAIRS), lambda c: (training(c.dpo), c.explore.pair_format)),
@@ -148,7 +154,7 @@ STAGES: dict[str, Stage] = {
 
 def pipeline_stages(cfg: RunConfig) -> list[str]:
     """The stages `selfexplore run` runs, in order: those that train a model, the evaluations `eval.models` names,
-    and every stage these read from (`rft-greedy` only when the outcome pairs are its)."""
+    and every stage these read from (`rft-greedy` or `rft-sample` only when the outcome pairs are theirs)."""
     wanted = [*TRAINED_MODELS, *(f"eval-{name}" for name in cfg.eval.models)]
     needed: set[str] = set()
     while wanted:
@@ -240,7 +246,8 @@ class RunDir:
         """The shard directory of a rollout stage (what a cut-off rollout resumes from); None for other stages."""
         if name.startswith("eval-"):
             return self.stage_dir(name) / "shards"
-        return {"sample": self.path(SAMPLES), "rft-greedy": self.path(RFT_GREEDY), "explore": self.path(PROBES)}.get(name)
+        rollouts = {"sample": SAMPLES, "rft-greedy": RFT_GREEDY, "rft-sample": RFT_SAMPLES, "explore": PROBES}
+        return self.path(rollouts[name]) if name in rollouts else None
 
     def eval_results(self, model_stage: str, split: str = "test") -> Path:
         """One graded row per problem of `split` (`test`: reported; `validation`: what settings are tuned on)."""

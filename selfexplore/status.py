@@ -75,6 +75,8 @@ def key_figure(name: str, metrics: dict) -> str:
         return f"{metrics['rft_rows']} RFT rows, {metrics['outcome_pairs']} outcome pairs"
     if name == "rft-greedy":
         return f"RFT greedy on {metrics['problems']} training problems: {metrics['greedy_accuracy']:.1%} correct, {metrics['outcome_pairs']} outcome pairs"
+    if name == "rft-sample":
+        return f"{metrics['sample_accuracy']:.1%} of {metrics['samples']} RFT samples correct, {metrics['outcome_pairs']} outcome pairs"
     assert name == "explore", name
     return f"{metrics['rejected']} rejected solutions, {metrics['probes']} probes, {metrics['step_pairs']} step pairs"
 

@@ -22,7 +22,7 @@ from selfexplore.config import RunConfig
 from selfexplore.errors import StageError, root_cause
 from selfexplore.io import atomic_open, iter_jsonl, read_json, write_json, write_jsonl
 from selfexplore.rollout import SEALED_FILE, shard_files
-from selfexplore.run_dir import OUTCOME_PAIRS, RFT_SET, SAMPLES, RunDir
+from selfexplore.run_dir import OUTCOME_PAIRS, RFT_SET, SAMPLES, Artifact, RunDir
 
 
 def build_rft_set(samples: list[dict], max_per_problem: int) -> list[dict]:
@@ -69,14 +69,14 @@ def part_files(parts: Path, shard_idx: int) -> tuple[Path, Path, Path]:
     return parts / f"rft-{shard_idx:05d}.jsonl", parts / f"pairs-{shard_idx:05d}.jsonl", parts / f"counts-{shard_idx:05d}.json"
 
 
-def parts_dir(run_dir: RunDir) -> Path:
+def parts_dir(run_dir: RunDir, stage: str = "select") -> Path:
     """Where the tasks write their parts: absolute, since they may run on other nodes, in other directories."""
-    return run_dir.stage_dir("select").resolve() / "parts"
+    return run_dir.stage_dir(stage).resolve() / "parts"
 
 
-def paired_shards(run_dir: RunDir) -> int:
+def paired_shards(run_dir: RunDir, stage: str = "select") -> int:
     """How many sample shards have a whole part (what a cut-off stage keeps)."""
-    return len(list(parts_dir(run_dir).glob("counts-*.json")))
+    return len(list(parts_dir(run_dir, stage).glob("counts-*.json")))
 
 
 @ray.remote(num_cpus=1)
@@ -93,20 +93,15 @@ def pair_shard(shard: Path, max_per_problem: int, parts: Path, shard_idx: int) -
     write_json(counts_file, {"rft_rows": len(rft_rows), "outcome_pairs": len(pairs), "problems_with_pairs": len({p["id"] for p in pairs})})
 
 
-def run(cfg: RunConfig, run_dir: RunDir) -> dict:
+def pair_samples(cfg: RunConfig, run_dir: RunDir, stage: str, samples: Artifact, rft_set: Artifact, pairs: Artifact) -> dict:
+    """Select from the sealed samples `samples` the distinct correct solutions (`rft_set`) and the outcome pairs
+    (`pairs`): the work of `select`, and of `rft-sample` on the RFT model's samples."""
     # Pairing compares each chosen solution with every wrong one of its problem: about a second per problem at
     # MATH length, hours for a paper-scale sample set on one core. So one Ray task per sample shard, over the
     # cluster's CPUs; a finished part is kept when a cut-off stage reruns. The shards are sealed, i.e. in problem
     # order, and so the parts joined in shard order are too.
-    samples = run_dir.path(SAMPLES).resolve()  # absolute, as `parts_dir`
-    if not (samples / SEALED_FILE).is_file():
-        raise StageError(
-            f"{samples}: the samples are not in problem order (a run from before sample shards were sealed); remove "
-            f"{run_dir.manifest_path('sample')} and run `selfexplore stage sample {run_dir.config}`: it finds every "
-            "sample done and lays the shards out without sampling again"
-        )
-    shards = shard_files(samples)
-    parts = parts_dir(run_dir)
+    shards = shard_files(run_dir.path(samples).resolve())  # absolute, as `parts_dir`
+    parts = parts_dir(run_dir, stage)
     todo = [i for i in range(len(shards)) if not part_files(parts, i)[2].is_file()]
     if len(todo) < len(shards):
         console.say(f"  resuming: {len(shards) - len(todo)}/{len(shards)} sample shards already paired in {parts}")
@@ -119,13 +114,24 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
                 progress.update(len(shards) - len(pending))
         except Exception as e:  # noqa: BLE001 - a task's error arrives wrapped in Ray's, traceback and all
             raise StageError(
-                f"select: pairing a sample shard failed ({root_cause(e)}); the shards paired so far are kept in {parts} "
+                f"{stage}: pairing a sample shard failed ({root_cause(e)}); the shards paired so far are kept in {parts} "
                 "and a rerun does only the others"
             ) from e
-    for final, column in ((RFT_SET, 0), (OUTCOME_PAIRS, 1)):
+    for final, column in ((rft_set, 0), (pairs, 1)):
         with atomic_open(run_dir.path(final)) as out:
             for i in range(len(shards)):
                 with part_files(parts, i)[column].open(encoding="utf-8") as part:
                     shutil.copyfileobj(part, out)
     counts = [read_json(part_files(parts, i)[2]) for i in range(len(shards))]
     return {key: sum(c[key] for c in counts) for key in ("rft_rows", "outcome_pairs", "problems_with_pairs")}
+
+
+def run(cfg: RunConfig, run_dir: RunDir) -> dict:
+    samples = run_dir.path(SAMPLES).resolve()
+    if not (samples / SEALED_FILE).is_file():
+        raise StageError(
+            f"{samples}: the samples are not in problem order (a run from before sample shards were sealed); remove "
+            f"{run_dir.manifest_path('sample')} and run `selfexplore stage sample {run_dir.config}`: it finds every "
+            "sample done and lays the shards out without sampling again"
+        )
+    return pair_samples(cfg, run_dir, "select", SAMPLES, RFT_SET, OUTCOME_PAIRS)
