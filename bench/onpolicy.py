@@ -19,6 +19,9 @@ with the first distinct correct sample: at the pairs above RFT still prefers the
 (a sample at 0.7 slips where greedy decoding would not), while a greedy error is by construction the character
 greedy decoding writes. One pair per problem at most. (The pipeline's `select.rejected_from: rft_greedy` does the
 same with the chosen side from the SFT samples, sparing this second sampling: `selfexplore.stages.rft_greedy`.)
+
+Since session 25 the pipeline does the first of these itself, inside a run: `select.rejected_from: rft_samples`
+(`selfexplore.stages.rft_sample`). This script stays to reproduce session 18's arms as they were made.
 """
 
 from __future__ import annotations

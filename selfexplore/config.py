@@ -259,7 +259,8 @@ class SampleConfig:
 
 @dataclass
 class SelectConfig:
-    """Choosing the RFT set and the outcome pairs from the samples (cheap: changing it never samples again)."""
+    """Choosing the RFT set and the outcome pairs from the samples (cheap: changing it never samples the SFT model
+    again)."""
 
     max_rft_per_problem: int = 8
     """Most distinct correct solutions per problem in the RFT set (and outcome pairs per problem)."""

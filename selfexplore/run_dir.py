@@ -143,6 +143,7 @@ STAGES: dict[str, Stage] = {
         Stage("select", (SAMPLES,), lambda c: (selection(c),)),
         Stage("rft", (BASE_MODEL, RFT_SET), lambda c: (problems(c), training(c.rft))),
         Stage("rft-greedy", (model("rft"), RFT_SET), lambda c: (problems(c), c.sample, generation(c))),
+        # `select`'s settings pick its pairs too; they also decide the RFT set, so any change of them trains RFT again.
         Stage("rft-sample", (model("rft"),), lambda c: (problems(c), c.sample, selection(c), generation(c))),
         Stage("explore", (model("rft"), outcome_pairs), lambda c: (problems(c), search(c), generation(c))),
         Stage("dpo-outcome", (model("rft"), outcome_pairs), lambda c: (training(c.dpo),)),

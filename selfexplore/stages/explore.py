@@ -33,9 +33,9 @@ Each probe is seeded by its solution and step alone.
 
 Outputs in `explore/`: `probes/` (shards: per rejected solution: steps, probes, pit), `gpairs.jsonl`,
 `step_values.jsonl`; the stage's metrics (pits, probes, pairs) are in its manifest. The driver holds one rejected
-solution at a time: the items stream from the outcome pairs (`select/pairs.jsonl`, or `rft-greedy/pairs.jsonl`:
-`select.rejected_from`) to the engines' input files and, once explored,
-back from the shards with their results.
+solution at a time: the items stream from the outcome pairs (`select/pairs.jsonl`, `rft-greedy/pairs.jsonl` or
+`rft-sample/pairs.jsonl`: `select.rejected_from`) to the engines' input files and, once explored, back from the
+shards with their results.
 """
 
 from __future__ import annotations

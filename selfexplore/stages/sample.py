@@ -10,7 +10,7 @@ from __future__ import annotations
 from selfexplore.config import RunConfig
 from selfexplore.engines import SamplingParams, derive_seed
 from selfexplore.rollout import EngineWorker, iter_results, rollout_nodes, run_rollout
-from selfexplore.run_dir import SAMPLES, RunDir, model
+from selfexplore.run_dir import SAMPLES, Artifact, RunDir
 from selfexplore.tasks import format_prompt, get_task
 
 
@@ -56,14 +56,19 @@ def sampled_problems(cfg: RunConfig) -> list[dict]:
     return get_task(cfg.task.name).load("train", cfg.task)[: cfg.sample.max_problems or None]
 
 
-def run(cfg: RunConfig, run_dir: RunDir) -> dict:
-    problems = sampled_problems(cfg)
-    worker_kwargs = dict(model_dir=str(run_dir.path(model("sft"))), engine_cfg=cfg.engine, task_name=cfg.task.name, sample_cfg=cfg.sample)
-    run_rollout(problems, SampleWorker, worker_kwargs, cfg.engine, run_dir.path(SAMPLES), key="id", what="problems sampled")
+def sample_model(cfg: RunConfig, run_dir: RunDir, model_stage: str, shards: Artifact, what: str) -> dict:
+    """The `sample` settings' samples of the sampled problems from the model `model_stage` trained, into `shards`;
+    their counts. (`rft-sample` samples the RFT model the same way.)"""
+    worker_kwargs = dict(model_dir=run_dir.model_dir(model_stage), engine_cfg=cfg.engine, task_name=cfg.task.name, sample_cfg=cfg.sample)
+    run_rollout(sampled_problems(cfg), SampleWorker, worker_kwargs, cfg.engine, run_dir.path(shards), key="id", what=what)
     stats = SampleStats()
-    for result in iter_results(run_dir.path(SAMPLES)):  # one problem's samples in memory at a time
+    for result in iter_results(run_dir.path(shards)):  # one problem's samples in memory at a time
         stats.add(result["samples"])
-    return {**stats.summary(), "nodes": rollout_nodes(run_dir.path(SAMPLES))}
+    return {**stats.summary(), "nodes": rollout_nodes(run_dir.path(shards))}
+
+
+def run(cfg: RunConfig, run_dir: RunDir) -> dict:
+    return sample_model(cfg, run_dir, "sft", SAMPLES, "problems sampled")
 
 
 class SampleStats:

@@ -69,12 +69,12 @@ def part_files(parts: Path, shard_idx: int) -> tuple[Path, Path, Path]:
     return parts / f"rft-{shard_idx:05d}.jsonl", parts / f"pairs-{shard_idx:05d}.jsonl", parts / f"counts-{shard_idx:05d}.json"
 
 
-def parts_dir(run_dir: RunDir, stage: str = "select") -> Path:
+def parts_dir(run_dir: RunDir, stage: str) -> Path:
     """Where the tasks write their parts: absolute, since they may run on other nodes, in other directories."""
     return run_dir.stage_dir(stage).resolve() / "parts"
 
 
-def paired_shards(run_dir: RunDir, stage: str = "select") -> int:
+def paired_shards(run_dir: RunDir, stage: str) -> int:
     """How many sample shards have a whole part (what a cut-off stage keeps)."""
     return len(list(parts_dir(run_dir, stage).glob("counts-*.json")))
 
@@ -93,9 +93,11 @@ def pair_shard(shard: Path, max_per_problem: int, parts: Path, shard_idx: int) -
     write_json(counts_file, {"rft_rows": len(rft_rows), "outcome_pairs": len(pairs), "problems_with_pairs": len({p["id"] for p in pairs})})
 
 
-def pair_samples(cfg: RunConfig, run_dir: RunDir, stage: str, samples: Artifact, rft_set: Artifact, pairs: Artifact) -> dict:
+def pair_samples(cfg: RunConfig, run_dir: RunDir, samples: Artifact, rft_set: Artifact, pairs: Artifact) -> dict:
     """Select from the sealed samples `samples` the distinct correct solutions (`rft_set`) and the outcome pairs
-    (`pairs`): the work of `select`, and of `rft-sample` on the RFT model's samples."""
+    (`pairs`), with parts in the directory of the stage that writes them: the work of `select`, and of
+    `rft-sample` on the RFT model's samples."""
+    stage = pairs.stage
     # Pairing compares each chosen solution with every wrong one of its problem: about a second per problem at
     # MATH length, hours for a paper-scale sample set on one core. So one Ray task per sample shard, over the
     # cluster's CPUs; a finished part is kept when a cut-off stage reruns. The shards are sealed, i.e. in problem
@@ -134,4 +136,4 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
             f"{run_dir.manifest_path('sample')} and run `selfexplore stage sample {run_dir.config}`: it finds every "
             "sample done and lays the shards out without sampling again"
         )
-    return pair_samples(cfg, run_dir, "select", SAMPLES, RFT_SET, OUTCOME_PAIRS)
+    return pair_samples(cfg, run_dir, SAMPLES, RFT_SET, OUTCOME_PAIRS)
