@@ -5,11 +5,12 @@
     python bench/explore.py runs/deep --ks 4,8 --out bench/results/tuning/explore-deep-pits.json  # deep pits (README)
 
 An arith step is an equation that can be checked, so every rejected solution's true first wrong step is known
-(`selfexplore.tasks.arith.first_wrong_step`). For each k and strategy, the explorer (the run's RFT model, the `hf`
-engine in this process, the run's explore settings otherwise, the same per-probe seeds) searches every rejected
-solution; reported per strategy and k: probes and generated tokens per rejected solution, pit agreement with the
-truth (exact, early = before the true step, late = after), and for `binary` its agreement with `linear`. Also: how
-often a sample graded correct holds a wrong step (a lucky final answer), from the run's samples.
+(`selfexplore.tasks.arith.first_wrong_step`). For each k and strategy, the explorer (the run's RFT model, or with
+`--model sft` its SFT model, in the `hf` engine in this process; the run's explore settings otherwise, the same
+per-probe seeds) searches every rejected solution; reported per strategy and k: probes and generated tokens per
+rejected solution, pit agreement with the truth (exact, early = before the true step, late = after), and for
+`binary` its agreement with `linear`. Also: how often a sample graded correct holds a wrong step (a lucky final
+answer), from the run's samples.
 Goal: binary <= 0.5x linear's generated tokens at >= 90% pit agreement with linear.
 
 Writes `bench/results/explore.json`.
@@ -26,7 +27,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch
 
-from selfexplore.config import EngineConfig
+from selfexplore.config import EngineConfig, RunConfig
 from selfexplore.engines import load_engine
 from selfexplore.io import read_jsonl
 from selfexplore.rollout import iter_results
@@ -36,6 +37,18 @@ from selfexplore.tasks import get_task
 from selfexplore.tasks.arith import first_wrong_step
 
 from record import write_report  # bench/record.py
+
+
+def rejected_solutions(run: str, max_rejected: int, bench: str) -> tuple[RunDir, RunConfig, dict[str, str], list[dict]]:
+    """A finished arith run, its training questions by id, and the first `max_rejected` rejected solutions of its
+    outcome pairs as the explorer's items."""
+    run_dir, cfg = RunDir.open(run)
+    if cfg.task.name != "arith":
+        raise SystemExit(f"bench/{bench}.py: {run} is a `{cfg.task.name}` run; only arith steps can be checked")
+    problems = get_task("arith").load("train", cfg.task)
+    questions = {p["id"]: p["question"] for p in problems}
+    items = list(rejected_items(read_jsonl(run_dir.path(OUTCOME_PAIRS)), {p["id"]: p["answer"] for p in problems}, max_rejected))
+    return run_dir, cfg, questions, items
 
 
 def agreement(pits: list[int | None], reference: list[int | None]) -> dict:
@@ -64,17 +77,13 @@ def main() -> None:
     parser.add_argument("run", help="a finished arith run directory (its rft model and outcome pairs)")
     parser.add_argument("--ks", default="4,8", help="completions per probe, comma-separated")
     parser.add_argument("--max-rejected", type=int, default=300)
+    parser.add_argument("--model", default="rft", choices=["rft", "sft"], help="the explorer: the run's RFT model (the method's), or its SFT model where no RFT was trained")
     parser.add_argument("--out", default="")
     args = parser.parse_args()
 
     torch.set_num_threads(1)
-    run_dir, cfg = RunDir.open(args.run)
-    if cfg.task.name != "arith":
-        raise SystemExit(f"bench/explore.py: {args.run} is a `{cfg.task.name}` run; only arith steps can be checked")
-    problems = get_task("arith").load("train", cfg.task)
-    questions = {p["id"]: p["question"] for p in problems}
-    items = list(rejected_items(read_jsonl(run_dir.path(OUTCOME_PAIRS)), {p["id"]: p["answer"] for p in problems}, args.max_rejected))
-    engine = load_engine(run_dir.model_dir("rft"), EngineConfig(backend="hf", dtype="float32"))
+    run_dir, cfg, questions, items = rejected_solutions(args.run, args.max_rejected, "explore")
+    engine = load_engine(run_dir.model_dir(args.model), EngineConfig(backend="hf", dtype="float32"))
     task = get_task("arith")
     truth = [first_wrong_step(questions[item["id"]], engine.tokenizer.decode(item["rejected_token_ids"], skip_special_tokens=True)) for item in items]
 
@@ -99,8 +108,8 @@ def main() -> None:
             print(f"k={k} {strategy}: {row}", flush=True)
     default_k = f"k{cfg.explore.k}" if f"k{cfg.explore.k}" in results else next(iter(results))
     report = {
-        "command": f"python bench/explore.py {args.run} --ks {args.ks} --max-rejected {args.max_rejected}",
-        "run": {"dir": str(run_dir.root), "explore": dataclasses.asdict(cfg.explore), "rejected": len(items),
+        "command": f"python bench/explore.py {args.run} --ks {args.ks} --max-rejected {args.max_rejected} --model {args.model}",
+        "run": {"dir": str(run_dir.root), "model": args.model, "explore": dataclasses.asdict(cfg.explore), "rejected": len(items),
                 "true_pit_histogram": {str(j): truth.count(j) for j in sorted({t for t in truth if t is not None})}},
         # The run's k: the keys the README quotes.
         "strategies": results[default_k],
