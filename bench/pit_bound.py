@@ -13,9 +13,9 @@ measured ones). Searches:
 - `linear`, `binary`: `PitSearch` itself.
 - `weighted`: bisection by cost: the probe that minimises the expected cost of the search when every step of the
   bracket is equally likely to be the pit, so that cheaper (later) prefixes are probed first when that pays.
-- `best`: the search with the least expected cost when the distribution of true pits is known, per number of
-  steps, measured on these very solutions. No search that does not see the pits can be expected to spend less
-  on them: a lower bound for every choice of which prefix to probe next.
+- `best`: per solution, the search with the least expected cost when its pit follows the distribution of true
+  pits measured on these very solutions with as many steps. A rule for which prefix to probe next, knowing no
+  more than a solution's steps, can hardly spend less: the bound that a better split rule could approach.
 
 And on a model of longer solutions (`uniform_pits`: n equal steps, pits spread evenly), the step count from which
 bisection pays half of linear's tokens.
