@@ -77,7 +77,8 @@ def main() -> None:
     parser.add_argument("run", help="a finished arith run directory (its rft model and outcome pairs)")
     parser.add_argument("--ks", default="4,8", help="completions per probe, comma-separated")
     parser.add_argument("--max-rejected", type=int, default=300)
-    parser.add_argument("--model", default="rft", choices=["rft", "sft"], help="the explorer: the run's RFT model (the method's), or its SFT model where no RFT was trained")
+    parser.add_argument("--model", default="rft", choices=["rft", "sft"],
+                        help="the explorer: the run's RFT model (the method's), or its SFT model where no RFT was trained")
     parser.add_argument("--out", default="")
     args = parser.parse_args()
 

@@ -1,6 +1,6 @@
 """How few tokens can any pit search spend? `linear`, `binary` and the best search order, played on true pits.
 
-    python bench/pit_bound.py runs/deep runs/method-rft-samples/seed-0 --out bench/results/tuning/pit-bound.json
+    python bench/pit_bound.py runs/deep runs/long runs/method-rft-samples/seed-0 --out bench/results/tuning/pit-bound.json
 
 `bench/explore.py` measures the explorer with the model; this asks how far its goal (binary <= 0.5x linear's
 generated tokens) can be reached at all on the same rejected solutions. No model runs: the true first wrong step
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import functools
 
 from transformers import AutoTokenizer
@@ -37,35 +38,45 @@ from explore import rejected_solutions  # bench/explore.py
 from record import write_report  # bench/record.py
 
 
-def solution_shape(item: dict, tokenizer, question: str) -> dict:
-    """Token cuts of the steps, the solution's length in tokens, the first step known without a probe to have
-    value 0, and the pit that a search without errors finds (the true first wrong step, or that free step)."""
+@dataclasses.dataclass(frozen=True)
+class SolutionShape:
+    """What the searches' costs and outcome depend on, for one rejected solution."""
+
+    cuts: list[int]
+    """Tokens of the prefix that ends with each step."""
+    length: int
+    """Tokens of the whole solution."""
+    free_zero: int
+    """The first step whose prefix holds the whole solution: value 0 without a probe."""
+    pit: int
+    """The pit a search without errors finds: the true first wrong step, or `free_zero`."""
+
+    def probe_cost(self, step: int, k: int) -> int:
+        return k * (self.length - self.cuts[step - 1])
+
+
+def solution_shape(item: dict, tokenizer, question: str) -> SolutionShape:
     text = tokenizer.decode(item["rejected_token_ids"], skip_special_tokens=True)
     cuts = step_cuts(tokenizer, item["rejected_token_ids"], get_task("arith").split_steps(text))
     free_zero = next(j for j, cut in enumerate(cuts, 1) if cut == cuts[-1])
     truth = first_wrong_step(question, text)
-    return {"cuts": cuts, "length": len(item["rejected_token_ids"]), "free_zero": free_zero,
-            "pit": free_zero if truth is None else min(truth, free_zero)}
+    return SolutionShape(cuts, len(item["rejected_token_ids"]), free_zero, free_zero if truth is None else min(truth, free_zero))
 
 
-def probe_cost(shape: dict, step: int, k: int) -> int:
-    return k * (shape["length"] - shape["cuts"][step - 1])
-
-
-def play_pit_search(shape: dict, strategy: str, k: int) -> tuple[int, int]:
+def play_pit_search(shape: SolutionShape, strategy: str, k: int) -> tuple[int, int]:
     """(probes, tokens) of `PitSearch` on error-free values."""
-    search = PitSearch(len(shape["cuts"]), strategy)
-    for j in range(shape["free_zero"], len(shape["cuts"]) + 1):
+    search = PitSearch(len(shape.cuts), strategy)
+    for j in range(shape.free_zero, len(shape.cuts) + 1):
         search.record(j, 0)
     probes = tokens = 0
     while (step := search.next_step()) is not None:
-        search.record(step, int(step < shape["pit"]))
-        probes, tokens = probes + 1, tokens + probe_cost(shape, step, k)
-    assert search.pit == shape["pit"], (search.pit, shape)
+        search.record(step, int(step < shape.pit))
+        probes, tokens = probes + 1, tokens + shape.probe_cost(step, k)
+    assert search.pit == shape.pit, (search.pit, shape)
     return probes, tokens
 
 
-def play_cost_tree(shape: dict, prior: collections.Counter, k: int) -> tuple[int, int]:
+def play_cost_tree(shape: SolutionShape, prior: collections.Counter, k: int) -> tuple[int, int]:
     """(probes, tokens) of the search tree with the least expected cost when the pit follows `prior` (weights by
     step); the pit is always in the bracket (lo, hi], lo known positive (0: the question), hi known 0."""
 
@@ -79,15 +90,15 @@ def play_cost_tree(shape: dict, prior: collections.Counter, k: int) -> tuple[int
         choices = []
         for m in range(lo + 1, hi):
             left = mass(lo, m) / mass(lo, hi)
-            choices.append((probe_cost(shape, m, k) + left * best(lo, m)[0] + (1 - left) * best(m, hi)[0], m))
+            choices.append((shape.probe_cost(m, k) + left * best(lo, m)[0] + (1 - left) * best(m, hi)[0], m))
         return min(choices)
 
-    lo, hi, probes, tokens = 0, shape["free_zero"], 0, 0
+    lo, hi, probes, tokens = 0, shape.free_zero, 0, 0
     while hi - lo > 1:
         step = best(lo, hi)[1] or lo + 1  # no prior mass left in the bracket: scan it
-        probes, tokens = probes + 1, tokens + probe_cost(shape, step, k)
-        lo, hi = (lo, step) if step >= shape["pit"] else (step, hi)
-    assert hi == shape["pit"]
+        probes, tokens = probes + 1, tokens + shape.probe_cost(step, k)
+        lo, hi = (lo, step) if step >= shape.pit else (step, hi)
+    assert hi == shape.pit
     return probes, tokens
 
 
@@ -97,13 +108,13 @@ def bound(run: str, max_rejected: int) -> dict:
     shapes = [solution_shape(item, tokenizer, questions[item["id"]]) for item in items]
     pits_by_steps = collections.defaultdict(collections.Counter)
     for shape in shapes:
-        pits_by_steps[len(shape["cuts"])][shape["pit"]] += 1
+        pits_by_steps[len(shape.cuts)][shape.pit] += 1
     k = cfg.explore.k
     played = {
         "linear": [play_pit_search(s, "linear", k) for s in shapes],
         "binary": [play_pit_search(s, "binary", k) for s in shapes],
-        "weighted": [play_cost_tree(s, collections.Counter(range(1, s["free_zero"] + 1)), k) for s in shapes],
-        "best": [play_cost_tree(s, pits_by_steps[len(s["cuts"])], k) for s in shapes],
+        "weighted": [play_cost_tree(s, collections.Counter(range(1, s.free_zero + 1)), k) for s in shapes],
+        "best": [play_cost_tree(s, pits_by_steps[len(s.cuts)], k) for s in shapes],
     }
     linear_tokens = sum(t for _, t in played["linear"])
     strategies = {
@@ -119,9 +130,9 @@ def bound(run: str, max_rejected: int) -> dict:
     return {
         "rejected": len(shapes),
         "k": k,
-        "steps_mean": sum(len(s["cuts"]) for s in shapes) / len(shapes),
-        "pit_mean": sum(s["pit"] for s in shapes) / len(shapes),
-        "pit_histogram": {str(j): c for j, c in sorted(collections.Counter(s["pit"] for s in shapes).items())},
+        "steps_mean": sum(len(s.cuts) for s in shapes) / len(shapes),
+        "pit_mean": sum(s.pit for s in shapes) / len(shapes),
+        "pit_histogram": {str(j): c for j, c in sorted(collections.Counter(s.pit for s in shapes).items())},
         "strategies": strategies,
     }
 
@@ -133,7 +144,7 @@ def uniform_pits(step_counts: list[int], step_tokens: int = 10) -> dict:
     ratios = {}
     for n in step_counts:
         cuts = [step_tokens * j for j in range(1, n + 2)]
-        shapes = [{"cuts": cuts, "length": cuts[-1], "free_zero": n + 1, "pit": pit} for pit in range(1, n + 1)]
+        shapes = [SolutionShape(cuts, cuts[-1], n + 1, pit) for pit in range(1, n + 1)]
         linear = sum(play_pit_search(s, "linear", 1)[1] for s in shapes)
         ratios[str(n)] = {
             "binary_over_linear": sum(play_pit_search(s, "binary", 1)[1] for s in shapes) / linear,
