@@ -3,6 +3,7 @@
     python bench/explore.py runs/tiny                         # the demo's RFT model and outcome pairs
     python bench/explore.py runs/tiny --ks 4,8 --max-rejected 300
     python bench/explore.py runs/deep --ks 4,8 --out bench/results/tuning/explore-deep-pits.json  # deep pits (README)
+    python bench/explore.py runs/long --ks 4 --model sft --out bench/results/tuning/explore-long-pits.json  # long (README)
 
 An arith step is an equation that can be checked, so every rejected solution's true first wrong step is known
 (`selfexplore.tasks.arith.first_wrong_step`). For each k and strategy, the explorer (the run's RFT model, or with
