@@ -4,6 +4,7 @@
     python bench/explore.py runs/tiny --ks 4,8 --max-rejected 300
     python bench/explore.py runs/deep --ks 4,8 --out bench/results/tuning/explore-deep-pits.json  # deep pits (README)
     python bench/explore.py runs/long --ks 4 --model sft --out bench/results/tuning/explore-long-pits.json  # long (README)
+    python bench/explore.py runs/long --ks 8,4 --max-rejected 0 --skip 300 --model sft  # the rest, held out from the above
 
 An arith step is an equation that can be checked, so every rejected solution's true first wrong step is known
 (`selfexplore.tasks.arith.first_wrong_step`). For each k and strategy, the explorer (the run's RFT model, or with
@@ -40,15 +41,17 @@ from selfexplore.tasks.arith import first_wrong_step
 from record import write_report  # bench/record.py
 
 
-def rejected_solutions(run: str, max_rejected: int, bench: str) -> tuple[RunDir, RunConfig, dict[str, str], list[dict]]:
-    """A finished arith run, its training questions by id, and the first `max_rejected` rejected solutions of its
-    outcome pairs as the explorer's items."""
+def rejected_solutions(run: str, max_rejected: int, bench: str, skip: int = 0) -> tuple[RunDir, RunConfig, dict[str, str], list[dict]]:
+    """A finished arith run, its training questions by id, and `max_rejected` rejected solutions of its outcome
+    pairs (after the first `skip`) as the explorer's items."""
     run_dir, cfg = RunDir.open(run)
     if cfg.task.name != "arith":
         raise SystemExit(f"bench/{bench}.py: {run} is a `{cfg.task.name}` run; only arith steps can be checked")
     problems = get_task("arith").load("train", cfg.task)
     questions = {p["id"]: p["question"] for p in problems}
-    items = list(rejected_items(read_jsonl(run_dir.path(OUTCOME_PAIRS)), {p["id"]: p["answer"] for p in problems}, max_rejected))
+    items = list(rejected_items(read_jsonl(run_dir.path(OUTCOME_PAIRS)), {p["id"]: p["answer"] for p in problems}, max_rejected and skip + max_rejected))[skip:]
+    if not items:
+        raise SystemExit(f"bench/{bench}.py: {run} has no rejected solutions after the first {skip}; lower --skip")
     return run_dir, cfg, questions, items
 
 
@@ -77,14 +80,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", help="a finished arith run directory (its rft model and outcome pairs)")
     parser.add_argument("--ks", default="4,8", help="completions per probe, comma-separated")
-    parser.add_argument("--max-rejected", type=int, default=300)
+    parser.add_argument("--max-rejected", type=int, default=300, help="rejected solutions to search (0 = all)")
+    parser.add_argument("--skip", type=int, default=0,
+                        help="leave out the first N rejected solutions (e.g. those an earlier, exploratory run measured)")
     parser.add_argument("--model", default="rft", choices=["rft", "sft"],
                         help="the explorer: the run's RFT model (the method's), or its SFT model where no RFT was trained")
     parser.add_argument("--out", default="")
     args = parser.parse_args()
 
     torch.set_num_threads(1)
-    run_dir, cfg, questions, items = rejected_solutions(args.run, args.max_rejected, "explore")
+    run_dir, cfg, questions, items = rejected_solutions(args.run, args.max_rejected, "explore", args.skip)
     engine = load_engine(run_dir.model_dir(args.model), EngineConfig(backend="hf", dtype="float32"))
     task = get_task("arith")
     truth = [first_wrong_step(questions[item["id"]], engine.tokenizer.decode(item["rejected_token_ids"], skip_special_tokens=True)) for item in items]
@@ -110,8 +115,8 @@ def main() -> None:
             print(f"k={k} {strategy}: {row}", flush=True)
     default_k = f"k{cfg.explore.k}" if f"k{cfg.explore.k}" in results else next(iter(results))
     report = {
-        "command": f"python bench/explore.py {args.run} --ks {args.ks} --max-rejected {args.max_rejected} --model {args.model}",
-        "run": {"dir": str(run_dir.root), "model": args.model, "explore": dataclasses.asdict(cfg.explore), "rejected": len(items),
+        "command": f"python bench/explore.py {args.run} --ks {args.ks} --max-rejected {args.max_rejected} --skip {args.skip} --model {args.model}",
+        "run": {"dir": str(run_dir.root), "model": args.model, "explore": dataclasses.asdict(cfg.explore), "rejected": len(items), "skipped": args.skip,
                 "true_pit_histogram": {str(j): truth.count(j) for j in sorted({t for t in truth if t is not None})}},
         # The run's k: the keys the README quotes.
         "strategies": results[default_k],
