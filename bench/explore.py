@@ -34,6 +34,7 @@ from selfexplore.engines import load_engine
 from selfexplore.io import read_jsonl
 from selfexplore.rollout import iter_results
 from selfexplore.run_dir import OUTCOME_PAIRS, SAMPLES, RunDir
+from selfexplore.stages.eval import wilson_interval
 from selfexplore.stages.explore import explore_rejected, rejected_items
 from selfexplore.tasks import get_task
 from selfexplore.tasks.arith import first_wrong_step
@@ -56,9 +57,10 @@ def rejected_solutions(run: str, max_rejected: int, bench: str, skip: int = 0) -
 
 
 def agreement(pits: list[int | None], reference: list[int | None]) -> dict:
-    n = len(pits)
+    n, exact = len(pits), sum(p == r for p, r in zip(pits, reference))
     return {
-        "exact": sum(p == r for p, r in zip(pits, reference)) / n,
+        "exact": exact / n,
+        "exact_ci95": wilson_interval(exact, n),
         "early": sum(p is not None and r is not None and p < r for p, r in zip(pits, reference)) / n,
         "late": sum(p is not None and r is not None and p > r for p, r in zip(pits, reference)) / n,
         "no_pit": sum(p is None for p in pits) / n,
@@ -109,7 +111,8 @@ def main() -> None:
                 "wall_s": round(time.time() - start, 1),
             }
             if strategy == "binary":
-                row["pit_agreement_with_linear"] = agreement(pits["binary"], pits["linear"])["exact"]
+                row["vs_linear"] = agreement(pits["binary"], pits["linear"])
+                row["pit_agreement_with_linear"] = row["vs_linear"]["exact"]
                 row["tokens_over_linear"] = row["generated_tokens_per_rejected"] / results[f"k{k}"]["linear"]["generated_tokens_per_rejected"]
             results.setdefault(f"k{k}", {})[strategy] = row
             print(f"k={k} {strategy}: {row}", flush=True)
