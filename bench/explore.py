@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import os
 import time
 
@@ -50,7 +51,8 @@ def rejected_solutions(run: str, max_rejected: int, bench: str, skip: int = 0) -
         raise SystemExit(f"bench/{bench}.py: {run} is a `{cfg.task.name}` run; only arith steps can be checked")
     problems = get_task("arith").load("train", cfg.task)
     questions = {p["id"]: p["question"] for p in problems}
-    items = list(rejected_items(read_jsonl(run_dir.path(OUTCOME_PAIRS)), {p["id"]: p["answer"] for p in problems}, max_rejected and skip + max_rejected))[skip:]
+    every_item = rejected_items(read_jsonl(run_dir.path(OUTCOME_PAIRS)), {p["id"]: p["answer"] for p in problems})
+    items = list(itertools.islice(every_item, skip, skip + max_rejected if max_rejected else None))
     if not items:
         raise SystemExit(f"bench/{bench}.py: {run} has no rejected solutions after the first {skip}; lower --skip")
     return run_dir, cfg, questions, items
